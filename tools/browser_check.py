@@ -1,0 +1,655 @@
+#!/usr/bin/env python3
+"""Check the built HTML book in a real (headless) browser.
+
+Serves the built site on 127.0.0.1, opens every page in headless Chromium
+(through playwright's sync API, using Debian's ``/usr/bin/chromium``; no
+``playwright install`` needed) and collects problems:
+
+* console messages of type ``error`` and uncaught page errors;
+* local requests answered with HTTP status >= 400, or failing outright;
+* broken local images (the browser cannot decode them);
+* math on the page that MathJax did not load / typeset, and MathJax errors;
+* internal links whose target file is missing, or whose ``#fragment`` names
+  no element of the target page.
+
+Requests to any other host are aborted (the check works offline, and never
+waits for a CDN); they are not problems by themselves, but are listed in the
+summary so that the book can be made self-contained.  External links
+(``<a href="https://...">``, ``mailto:``) are not fetched.
+
+A full-page PNG screenshot of each page is written to the screenshot folder.
+
+Usage::
+
+    python tools/browser_check.py [--html _build/html] [--screenshots _build/screenshots]
+                                  [--chromium /usr/bin/chromium] [--require]
+
+Exit status: 0 when every page is clean (or when Chromium / playwright is
+missing and ``--require`` was not given), 1 when problems were found (or the
+browser is missing and ``--require`` was given), 2 when the HTML folder does
+not exist.
+
+From Python::
+
+    from tools.browser_check import check_site
+    result = check_site("_build/html", "_build/screenshots")
+    assert not result.problems, result.problems
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import html.parser
+import http.server
+import os
+import sys
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Set
+
+DEFAULT_CHROMIUM = "/usr/bin/chromium"
+
+# Without these, Chromium tries to reach Google hosts (component updates,
+# field trials, QUIC probes ...), which the closed network refuses.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+# Top-level folders of a Sphinx build that hold no pages of their own.
+SKIP_DIRS = {"_static", "_sources", "_images", "_downloads"}
+
+VIEWPORT = {"width": 1280, "height": 900}
+NAV_TIMEOUT_MS = 30_000
+IDLE_TIMEOUT_MS = 5_000
+MATHJAX_TIMEOUT_MS = 20_000
+
+
+class ChromiumUnavailable(RuntimeError):
+    """Playwright or the Chromium binary is missing (or cannot start)."""
+
+
+@dataclass
+class Problem:
+    page: str  # page path relative to the HTML folder, e.g. "book/01_nl_means.html"
+    kind: str  # console, pageerror, http, request, image, link, fragment, mathjax
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.page}: [{self.kind}] {self.message}"
+
+
+@dataclass
+class PageResult:
+    page: str
+    problems: List[Problem] = field(default_factory=list)
+    screenshot: Optional[Path] = None
+    external_requests: List[str] = field(default_factory=list)
+    n_links: int = 0
+    n_external_links: int = 0
+    n_images: int = 0
+    n_math: int = 0
+    n_typeset: int = 0
+    mathjax_version: Optional[str] = None
+    seconds: float = 0.0
+    redirected_to: Optional[str] = None
+
+    def summary(self) -> str:
+        status = "OK  " if not self.problems else "FAIL"
+        parts = [f"-> {self.redirected_to}"] if self.redirected_to else []
+        parts += [
+            f"{self.seconds:.1f}s",
+            f"{self.n_links} internal links",
+            f"{self.n_external_links} external links",
+            f"{self.n_images} images",
+        ]
+        if self.n_math or self.mathjax_version:
+            parts.append(f"math {self.n_typeset}/{self.n_math} typeset"
+                         f" (MathJax {self.mathjax_version or 'not loaded'})")
+        if self.external_requests:
+            parts.append(f"{len(self.external_requests)} external requests blocked")
+        if self.problems:
+            parts.append(f"{len(self.problems)} problems")
+        return f"{status} {self.page}  ({', '.join(parts)})"
+
+
+@dataclass
+class CheckResult:
+    html_dir: Path
+    pages: List[PageResult] = field(default_factory=list)
+
+    @property
+    def problems(self) -> List[Problem]:
+        return [p for page in self.pages for p in page.problems]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def external_requests(self) -> Dict[str, List[str]]:
+        """Blocked external URL -> pages that requested it."""
+        out: Dict[str, List[str]] = {}
+        for page in self.pages:
+            for url in page.external_requests:
+                out.setdefault(url, []).append(page.page)
+        return out
+
+    def summary(self) -> str:
+        lines = []
+        ext = self.external_requests
+        if ext:
+            lines.append(f"External requests blocked (not errors; the book is not self-contained "
+                         f"for these) - {len(ext)} URLs:")
+            for url, pages in sorted(ext.items()):
+                shown = ", ".join(pages[:3]) + (f", ... ({len(pages)} pages)" if len(pages) > 3 else "")
+                lines.append(f"  {url}  <- {shown}")
+        if self.problems:
+            lines.append("Problems:")
+            lines.extend(f"  {p}" for p in self.problems)
+        lines.append(f"{len(self.pages)} pages checked, {len(self.problems)} problems")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- server
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
+        pass
+
+    def end_headers(self):
+        self.send_header("Cache-Control", "no-store")
+        super().end_headers()
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # Browsers drop connections (e.g. when a page is closed mid-load);
+        # do not print tracebacks for that.
+        pass
+
+
+class LocalServer:
+    """Serve a folder on 127.0.0.1 (a free port) from a background thread."""
+
+    def __init__(self, directory: Path):
+        handler = functools.partial(_QuietHandler, directory=str(directory))
+        self.httpd = _QuietServer(("127.0.0.1", 0), handler)
+        host, port = self.httpd.server_address[:2]
+        self.origin = f"http://{host}:{port}"
+        self.netloc = f"{host}:{port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="browser-check-http",
+                                       daemon=True)
+
+    def __enter__(self) -> "LocalServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def find_pages(html_dir: Path) -> List[str]:
+    """All ``.html`` pages under html_dir (relative POSIX paths), minus Sphinx asset folders."""
+    pages = []
+    for path in sorted(html_dir.rglob("*.html")):
+        rel = path.relative_to(html_dir)
+        if rel.parts[0] in SKIP_DIRS or any(part.startswith(".") for part in rel.parts):
+            continue
+        pages.append(rel.as_posix())
+    return pages
+
+
+def screenshot_name(page: str) -> str:
+    """``book/01_nl_means.html`` -> ``book_01_nl_means.png``."""
+    stem = page[:-5] if page.endswith(".html") else page
+    return stem.replace("/", "_") + ".png"
+
+
+class _IdCollector(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.ids: Set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if value is None:
+                continue
+            if name == "id" or (name == "name" and tag == "a"):
+                self.ids.add(value)
+
+    handle_startendtag = handle_starttag
+
+
+@functools.lru_cache(maxsize=None)
+def _ids_in_file(path: str, mtime: float) -> frozenset:
+    parser = _IdCollector()
+    parser.feed(Path(path).read_text(encoding="utf-8", errors="replace"))
+    parser.close()
+    return frozenset(parser.ids)
+
+
+def ids_in_file(path: Path) -> frozenset:
+    return _ids_in_file(str(path), path.stat().st_mtime)
+
+
+def _resolve_local_file(html_dir: Path, url_path: str) -> Optional[Path]:
+    """The file a local URL path maps to (like the HTTP server would), or None."""
+    rel = urllib.parse.unquote(url_path).lstrip("/")
+    target = (html_dir / rel) if rel else html_dir
+    try:
+        target.resolve().relative_to(html_dir.resolve())
+    except ValueError:
+        return None  # escapes the site
+    if target.is_dir():
+        target = target / "index.html"
+    return target if target.is_file() else None
+
+
+# JavaScript run in the page after load.  Waits for MathJax (v3: startup.promise,
+# v2: Hub queue) when it is there, then reports math, images, links and ids.
+_INSPECT_JS = r"""
+async (mathjaxTimeout) => {
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const withTimeout = (p, ms) => Promise.race([p.then(() => 'done', () => 'rejected'),
+                                                sleep(ms).then(() => 'timeout')]);
+  const MJ = window.MathJax;
+  let mathjaxWait = 'absent';
+  if (MJ && MJ.startup && MJ.startup.promise) {
+    mathjaxWait = await withTimeout(MJ.startup.promise, mathjaxTimeout);
+  } else if (MJ && MJ.Hub && MJ.Hub.Queue) {
+    mathjaxWait = await withTimeout(new Promise((r) => MJ.Hub.Queue(r)), mathjaxTimeout);
+  }
+  const mjVersion = (window.MathJax && window.MathJax.version) ? String(window.MathJax.version) : null;
+
+  // Images: make lazy ones load, then ask the browser to decode each local one.
+  const imgs = Array.from(document.images).filter((img) => img.getAttribute('src'));
+  for (const img of imgs) { if (img.loading === 'lazy') img.loading = 'eager'; }
+  const images = await Promise.all(imgs.map(async (img) => {
+    let ok = true, why = '';
+    const s = await withTimeout(img.decode(), 10000);
+    if (s === 'rejected') { ok = false; why = 'the browser could not load or decode it'; }
+    else if (s === 'timeout') { ok = false; why = 'still not loaded after 10 s'; }
+    if (ok && img.complete && img.naturalWidth === 0 && !/\.svg(\?|#|$)/i.test(img.currentSrc || img.src)) {
+      ok = false; why = 'naturalWidth is 0';
+    }
+    return {src: img.getAttribute('src'), url: img.currentSrc || img.src, ok: ok, why: why,
+            naturalWidth: img.naturalWidth};
+  }));
+
+  const links = Array.from(document.querySelectorAll('a[href], area[href]')).map((a) => ({
+    href: a.getAttribute('href'), url: a.href}));
+
+  const ids = Array.from(document.querySelectorAll('[id]')).map((e) => e.id)
+    .concat(Array.from(document.querySelectorAll('a[name]')).map((e) => e.getAttribute('name')));
+
+  // Math: Sphinx marks math with class "math"; MathJax v3 renders into <mjx-container>,
+  // v2 into .MathJax / .MathJax_Display / .MathJax_SVG ... elements.
+  const rendered = 'mjx-container, .MathJax, .MathJax_Display, .MathJax_SVG, .MathJax_CHTML, .MathJax_Preview';
+  const mathEls = Array.from(document.querySelectorAll('.math')).filter((e) => !e.closest('pre, code'));
+  const untypeset = mathEls.filter((e) => !e.querySelector(rendered) && !e.matches(rendered));
+  const containers = document.querySelectorAll('mjx-container, .MathJax, .MathJax_Display, .MathJax_SVG').length;
+
+  // Raw TeX delimiters left in visible (non-code) text.
+  const raw = [];
+  const skip = 'pre, code, script, style, textarea, noscript, mjx-container, .MathJax, .MathJax_Preview, .math';
+  const walker = document.createTreeWalker(document.body || document.documentElement, NodeFilter.SHOW_TEXT);
+  let node;
+  while ((node = walker.nextNode()) && raw.length < 5) {
+    const t = node.nodeValue;
+    if (!t || !(t.includes('\\(') || t.includes('\\[') || t.includes('$$'))) continue;
+    const parent = node.parentElement;
+    if (parent && parent.closest(skip)) continue;
+    raw.push(t.trim().slice(0, 80));
+  }
+
+  const errors = Array.from(document.querySelectorAll('mjx-merror, [data-mjx-error], .MathJax_Error'))
+    .map((e) => (e.getAttribute('data-mjx-error') || e.getAttribute('title') || e.textContent || '').trim().slice(0, 120));
+
+  return {mathjaxWait, mjVersion, images, links, ids,
+          math: {elements: mathEls.length, untypeset: untypeset.length,
+                 untypesetSample: untypeset.slice(0, 3).map((e) => e.textContent.trim().slice(0, 60)),
+                 containers, raw, errors}};
+}
+"""
+
+
+def _is_network_console_noise(text: str) -> bool:
+    # "Failed to load resource: ..." console errors duplicate network events,
+    # which are reported more precisely (local) or summarised (blocked external).
+    return text.startswith("Failed to load resource")
+
+
+# --------------------------------------------------------------------------- main check
+
+
+def require_chromium(chromium: str = DEFAULT_CHROMIUM) -> None:
+    """Raise :class:`ChromiumUnavailable` unless ``chromium`` is an executable file."""
+    if not (os.path.isfile(chromium) and os.access(chromium, os.X_OK)):
+        raise ChromiumUnavailable(
+            f"Chromium not found at {chromium}: install Debian's chromium package "
+            f"(apt-get install chromium) to run the browser check")
+
+
+def launch_browser(playwright, chromium: str = DEFAULT_CHROMIUM):
+    """Launch headless Chromium from ``chromium`` with the offline-friendly args."""
+    require_chromium(chromium)
+    try:
+        return playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+    except Exception as exc:  # playwright.Error and friends
+        raise ChromiumUnavailable(f"Chromium at {chromium} did not start: {exc}") from exc
+
+
+def import_playwright():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        raise ChromiumUnavailable(
+            "the Python package playwright is not installed (pip install playwright; "
+            "the browser itself comes from Debian's chromium package, no `playwright install`)"
+        ) from exc
+    return sync_playwright
+
+
+def check_site(
+    html_dir,
+    screenshot_dir=None,
+    chromium: str = DEFAULT_CHROMIUM,
+    *,
+    pages: Optional[Iterable[str]] = None,
+    browser=None,
+    log: Optional[Callable[[str], None]] = None,
+) -> CheckResult:
+    """Check every page of the built site in ``html_dir``; returns a :class:`CheckResult`.
+
+    ``result.problems`` is the list of :class:`Problem` (empty when all is well).
+    ``screenshot_dir``: where to write one full-page PNG per page (None: no screenshots).
+    ``pages``: relative page paths to visit (default: all, see :func:`find_pages`).
+    ``browser``: an already launched playwright Browser to reuse (else one is launched
+    from ``chromium`` and closed again).  ``log``: called with each page's summary line.
+
+    Raises :class:`ChromiumUnavailable` when playwright or Chromium is missing,
+    FileNotFoundError when ``html_dir`` does not exist.
+    """
+    html_dir = Path(html_dir)
+    if not html_dir.is_dir():
+        raise FileNotFoundError(f"HTML folder not found: {html_dir}")
+    shots = Path(screenshot_dir) if screenshot_dir is not None else None
+    page_list = list(pages) if pages is not None else find_pages(html_dir)
+    result = CheckResult(html_dir=html_dir)
+
+    if browser is not None:
+        _check_pages(browser, html_dir, shots, page_list, result, log)
+        return result
+
+    require_chromium(chromium)
+    sync_playwright = import_playwright()
+    with sync_playwright() as pw:
+        own = launch_browser(pw, chromium)
+        try:
+            _check_pages(own, html_dir, shots, page_list, result, log)
+        finally:
+            own.close()
+    return result
+
+
+def _check_pages(browser, html_dir, shots, page_list, result, log):
+    if shots is not None:
+        shots.mkdir(parents=True, exist_ok=True)
+    with LocalServer(html_dir) as server:
+        def is_external(url: str) -> bool:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme in ("data", "blob", "about"):
+                return False
+            return not (parts.scheme in ("http", "https") and parts.netloc == server.netloc)
+
+        blocked: List[str] = []
+
+        def abort(route):
+            blocked.append(route.request.url)
+            route.abort("blockedbyclient")
+
+        for rel in page_list:
+            t0 = time.monotonic()
+            blocked = []
+            # A fresh context (empty cookies / localStorage) per page: every page is
+            # checked as a first visit, independent of the order of the pages.
+            context = browser.new_context(viewport=VIEWPORT, service_workers="block")
+            context.set_default_timeout(NAV_TIMEOUT_MS)
+            context.route(is_external, abort)
+            try:
+                pr = _check_one(context, server, html_dir, shots, rel, is_external)
+            finally:
+                context.close()
+            pr.external_requests = list(dict.fromkeys(blocked))
+            pr.seconds = time.monotonic() - t0
+            result.pages.append(pr)
+            if log:
+                log(pr.summary())
+                for p in pr.problems:
+                    log(f"       {p.kind}: {p.message}")
+
+
+def _check_one(context, server, html_dir: Path, shots: Optional[Path], rel: str, is_external) -> PageResult:
+    pr = PageResult(page=rel)
+
+    def problem(kind: str, message: str):
+        pr.problems.append(Problem(rel, kind, message))
+
+    page = context.new_page()
+
+    def on_console(msg):
+        if msg.type != "error":
+            return
+        text = msg.text
+        if _is_network_console_noise(text):
+            return
+        loc = msg.location or {}
+        where = ""
+        if loc.get("url"):
+            where = f" (at {loc['url'].replace(server.origin + '/', '')}:{loc.get('lineNumber', '?')})"
+        problem("console", f"console error: {text}{where}")
+
+    def on_pageerror(err):
+        problem("pageerror", f"uncaught error: {getattr(err, 'message', None) or err}")
+
+    http_failed: Set[str] = set()
+
+    def on_response(resp):
+        if resp.status >= 400 and not is_external(resp.url):
+            http_failed.add(resp.url)
+            problem("http", f"HTTP {resp.status} for {resp.url.replace(server.origin + '/', '')}")
+
+    def on_requestfailed(req):
+        if is_external(req.url):
+            return  # blocked on purpose; listed in the summary
+        if req.url in http_failed:
+            return  # already reported with its HTTP status (Chromium then aborts e.g. a 404 stylesheet)
+        problem("request", f"request failed: {req.url.replace(server.origin + '/', '')} ({req.failure})")
+
+    page.on("console", on_console)
+    page.on("pageerror", on_pageerror)
+    page.on("response", on_response)
+    page.on("requestfailed", on_requestfailed)
+
+    url = f"{server.origin}/{urllib.parse.quote(rel)}"
+    try:
+        try:
+            page.goto(url, wait_until="load", timeout=NAV_TIMEOUT_MS)
+        except Exception as exc:
+            problem("load", f"page did not load: {exc}")
+            return pr
+        try:
+            page.wait_for_load_state("networkidle", timeout=IDLE_TIMEOUT_MS)
+        except Exception:
+            pass  # long-polling or slow assets; the load event is enough
+        info = None
+        for attempt in range(3):
+            try:
+                info = page.evaluate(_INSPECT_JS, MATHJAX_TIMEOUT_MS)
+                break
+            except Exception as exc:
+                # A redirecting page (e.g. Sphinx' index.html with <meta http-equiv="Refresh">)
+                # may navigate away while being inspected: wait for the new page and retry.
+                if attempt < 2 and ("context was destroyed" in str(exc) or "navigat" in str(exc)):
+                    try:
+                        page.wait_for_load_state("load", timeout=NAV_TIMEOUT_MS)
+                    except Exception:
+                        pass
+                    continue
+                problem("inspect", f"could not inspect the page: {exc}")
+                break
+        final_url = urllib.parse.urlsplit(page.url)
+        final_rel = urllib.parse.unquote(final_url.path).lstrip("/") or "index.html"
+        if final_rel != rel:
+            pr.redirected_to = final_rel
+        if info is not None:
+            _judge_math(info, pr, problem)
+            _judge_images(info, pr, problem, is_external)
+            _judge_links(info, pr, problem, html_dir, server, final_rel, is_external)
+        if shots is not None:
+            target = shots / screenshot_name(rel)
+            try:
+                page.screenshot(path=str(target), full_page=True)
+                pr.screenshot = target
+            except Exception as exc:
+                problem("screenshot", f"screenshot failed: {exc}")
+        # Let late console messages / errors arrive before detaching.
+        page.wait_for_timeout(50)
+    finally:
+        page.close()
+    return pr
+
+
+def _judge_math(info, pr: PageResult, problem) -> None:
+    m = info["math"]
+    pr.mathjax_version = info["mjVersion"]
+    pr.n_math = m["elements"]
+    pr.n_typeset = m["elements"] - m["untypeset"]
+    has_math = m["elements"] > 0 or m["containers"] > 0 or bool(m["raw"])
+    if not has_math:
+        return
+    if not info["mjVersion"]:
+        problem("mathjax", f"page contains math ({m['elements']} math elements"
+                           f"{', raw TeX in text' if m['raw'] else ''}) but MathJax did not load "
+                           f"(window.MathJax.version undefined; is MathJax served from a CDN?)")
+        return
+    if info["mathjaxWait"] == "timeout":
+        problem("mathjax", "MathJax did not finish typesetting in time")
+    elif info["mathjaxWait"] == "rejected":
+        problem("mathjax", "MathJax startup promise was rejected")
+    if m["untypeset"]:
+        problem("mathjax", f"{m['untypeset']} of {m['elements']} math elements not typeset by MathJax, "
+                           f"e.g. {m['untypesetSample']}")
+    if m["raw"]:
+        problem("mathjax", f"raw TeX delimiters left in the text (not typeset): {m['raw']}")
+    for err in m["errors"][:5]:
+        problem("mathjax", f"MathJax error: {err}")
+    if len(m["errors"]) > 5:
+        problem("mathjax", f"... and {len(m['errors']) - 5} more MathJax errors")
+
+
+def _judge_images(info, pr: PageResult, problem, is_external) -> None:
+    for img in info["images"]:
+        if is_external(img["url"]):
+            continue  # blocked on purpose; listed in the summary
+        pr.n_images += 1
+        if not img["ok"]:
+            problem("image", f"broken image {img['src']!r} ({img['why']})")
+
+
+def _judge_links(info, pr: PageResult, problem, html_dir: Path, server, rel: str, is_external) -> None:
+    dom_ids = set(info["ids"])
+    seen: Set[str] = set()
+    for link in info["links"]:
+        href, url = link["href"], link["url"]
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https", "file"):
+            continue  # mailto:, javascript:, tel:, data: ...
+        if is_external(url):
+            pr.n_external_links += 1
+            continue
+        pr.n_links += 1
+        if url in seen:
+            continue
+        seen.add(url)
+        target = _resolve_local_file(html_dir, parts.path)
+        if target is None:
+            problem("link", f"broken link {href!r}: {urllib.parse.unquote(parts.path).lstrip('/') or '/'} "
+                            f"does not exist")
+            continue
+        frag = urllib.parse.unquote(parts.fragment)
+        if not frag or frag == "top":
+            continue  # "#" and "#top" always scroll somewhere
+        target_rel = target.relative_to(html_dir).as_posix()
+        if target.suffix.lower() not in (".html", ".htm"):
+            continue
+        ids = ids_in_file(target)
+        if target_rel == rel:
+            ids = ids | dom_ids  # ids created by scripts on this very page
+        if frag not in ids:
+            problem("fragment", f"link {href!r}: no element with id {frag!r} in {target_rel}")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--html", default="_build/html", help="built HTML folder (default: _build/html)")
+    ap.add_argument("--screenshots", default="_build/screenshots",
+                    help="folder for full-page PNG screenshots (default: _build/screenshots)")
+    ap.add_argument("--no-screenshots", action="store_true", help="do not write screenshots")
+    ap.add_argument("--chromium", default=DEFAULT_CHROMIUM,
+                    help=f"Chromium executable (default: {DEFAULT_CHROMIUM})")
+    ap.add_argument("--require", action="store_true",
+                    help="fail (exit 1) instead of skipping when Chromium or playwright is missing")
+    ap.add_argument("pages", nargs="*", help="only these pages (paths relative to --html)")
+    args = ap.parse_args(argv)
+
+    html_dir = Path(args.html)
+    if not (html_dir / "index.html").is_file() and not args.pages:
+        print(f"browser_check: {html_dir}/index.html not found: build the book first "
+              f"(jupyter-book build .)", file=sys.stderr)
+        return 2
+    try:
+        result = check_site(html_dir, None if args.no_screenshots else args.screenshots,
+                            chromium=args.chromium, pages=args.pages or None,
+                            log=lambda line: print(line, flush=True))
+    except ChromiumUnavailable as exc:
+        if args.require:
+            print(f"browser_check: {exc}; --require given: failing", file=sys.stderr)
+            return 1
+        print(f"browser_check: {exc}; skipping", file=sys.stderr)
+        return 0
+    except FileNotFoundError as exc:
+        print(f"browser_check: {exc}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    if not args.no_screenshots:
+        print(f"screenshots in {args.screenshots}")
+    return 1 if result.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
