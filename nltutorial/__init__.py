@@ -5,20 +5,58 @@ notebook shows the idea while the tested, fast code lives in the package.
 
 Modules
 -------
-images     test images, the Gaussian noise model, PSNR and SSIM
-nl_means   classical non-local means denoising (chapter 1)
-plotting   small matplotlib helpers used by the chapters
+images          test images, the Gaussian noise model, PSNR and SSIM
+nl_means        classical non-local means denoising (chapter 1)
+nonlocal_block  the non-local operation and block of Wang et al. (chapters 2-3)
+se, cbam, bam   channel and spatial gates (SE, CBAM, BAM)
+danet, sagan    position/channel attention (DANet) and SAGAN self-attention
+gcnet           GCNet's global context block
+local_relation  the local relation layer of LR-Net
+factory         create_attention(name, channels, **kwargs)
+plotting        small matplotlib helpers used by the chapters
+timing, verify  timing and the numerical checks the chapters print
 """
 
+from ._utils import make_divisible, reduced_channels
+from .bam import BAM
+from .cbam import CBAM, ChannelGate, SpatialGate
+from .danet import ChannelAttention, DualAttention, PositionAttention
+from .factory import ATTENTION_NAMES, create_attention
+from .gcnet import ContextBlock
 from .images import add_gaussian_noise, psnr, sample_image, ssim
-from .nl_means import nl_means, nl_means_weights, patch_kernel
+from .local_relation import LocalRelation2d, LRBottleneck, lr_resnet_stage
+from .nl_means import nl_means, nl_means_weights, patch_embeddings, patch_kernel
+from .nonlocal_block import NonLocalBlock
+from .sagan import SelfAttention2d
+from .se import SqueezeExcite
+from .verify import assert_close
 
 __all__ = [
+    "ATTENTION_NAMES",
+    "BAM",
+    "CBAM",
+    "ChannelAttention",
+    "ChannelGate",
+    "ContextBlock",
+    "DualAttention",
+    "LRBottleneck",
+    "LocalRelation2d",
+    "NonLocalBlock",
+    "PositionAttention",
+    "SelfAttention2d",
+    "SpatialGate",
+    "SqueezeExcite",
     "add_gaussian_noise",
+    "assert_close",
+    "create_attention",
+    "lr_resnet_stage",
+    "make_divisible",
     "nl_means",
     "nl_means_weights",
+    "patch_embeddings",
     "patch_kernel",
     "psnr",
+    "reduced_channels",
     "sample_image",
     "ssim",
 ]

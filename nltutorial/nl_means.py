@@ -42,7 +42,7 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["nl_means", "nl_means_weights", "patch_kernel"]
+__all__ = ["nl_means", "nl_means_weights", "patch_embeddings", "patch_kernel"]
 
 _WEIGHTINGS = ("gaussian", "uniform")
 
@@ -325,3 +325,25 @@ def nl_means_weights(image, row: int, col: int, *, patch_size: int = 7, search_s
     if isinstance(image, np.ndarray):
         return w.cpu().numpy().astype(image.dtype, copy=False)
     return w.to(image.dtype)
+
+
+def patch_embeddings(image, *, patch_size: int = 7, patch_weighting: str = "gaussian") -> torch.Tensor:
+    """Embed every pixel as its weighted patch, so that NL-means distances become Euclidean.
+
+    Returns e of shape (H·W, P²·C), float32, pixels in row-major order, with
+
+        e_i = ( sqrt(K(k) / C) · x_c(i + k) )_{k, c}     so that     ‖e_i − e_j‖² = d²(i, j),
+
+    the patch distance of :func:`nl_means` (same kernel K and mirror padding). Chapter 2
+    uses it to write NL-means as a non-local operation on these embeddings.
+    """
+    _check_size(patch_size, "patch_size")
+    _check_weighting(patch_weighting)
+    x, _ = _to_chw(image)                                       # (C, H, W)
+    C, H, W = x.shape
+    P, pr = patch_size, patch_size // 2
+    K = torch.as_tensor(patch_kernel(P, patch_weighting), dtype=torch.float32, device=x.device)
+    xp = _reflect_pad(x, pr)                                    # (C, H + 2pr, W + 2pr)
+    patches = xp.unfold(1, P, 1).unfold(2, P, 1)                # (C, H, W, P, P)
+    e = patches * (K / C).sqrt()                                # weight each pixel of the patch
+    return e.permute(1, 2, 3, 4, 0).reshape(H * W, P * P * C)   # (N, P²·C)

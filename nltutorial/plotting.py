@@ -34,9 +34,18 @@ def show_images(images, titles=None, *, suptitle=None, ncols=None, cmap="gray", 
     return fig
 
 
-def heatmap(ax, values, *, title=None, cmap="magma", colorbar=True, extent=None, xlabel=None, ylabel=None):
-    """Draw a 2-D array as a heat map on ``ax`` with an optional colour bar; returns the image."""
-    im = ax.imshow(np.asarray(values), cmap=cmap, extent=extent)
+def heatmap(ax, values, *, title=None, cmap="magma", colorbar=True, extent=None, xlabel=None, ylabel=None,
+            symmetric=False):
+    """Draw a 2-D array as a heat map on ``ax`` with an optional colour bar; returns the image.
+
+    ``symmetric=True`` centres the colour scale on 0 (for signed maps, with a diverging cmap).
+    """
+    values = np.asarray(values)
+    limits = {}
+    if symmetric:
+        vmax = float(np.abs(values).max()) or 1.0
+        limits = {"vmin": -vmax, "vmax": vmax}
+    im = ax.imshow(values, cmap=cmap, extent=extent, **limits)
     if title:
         ax.set_title(title, fontsize=10)
     if xlabel:

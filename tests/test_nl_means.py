@@ -292,3 +292,36 @@ def test_cuda_matches_cpu():
     w = nl_means_weights(x.cuda(), 3, 4, **kwargs)
     assert w.is_cuda
     np.testing.assert_allclose(w.cpu().numpy(), nl_means_weights(x, 3, 4, **kwargs).numpy(), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- #
+# Patch embeddings: ‖e_i − e_j‖² is the NL-means patch distance
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("weighting", ["gaussian", "uniform"])
+@pytest.mark.parametrize("shape", [(6, 7), (5, 6, 3)])
+def test_patch_embeddings_give_the_patch_distance(shape, weighting):
+    from nltutorial.nl_means import patch_embeddings
+
+    rng = np.random.default_rng(5)
+    x = rng.random(shape)
+    P = 3
+    e = patch_embeddings(x.astype(np.float32), patch_size=P, patch_weighting=weighting)
+    H, W = shape[:2]
+    assert e.shape == (H * W, P * P * (3 if len(shape) == 3 else 1))
+    K = ref_kernel(P, weighting)
+    xp = ref_pad(x, P, 1)  # pad by P // 2 (search radius 0)
+    for i, j in [(0, 1), (3, 17), (H * W - 1, 0), (8, 8)]:
+        (ri, ci), (rj, cj) = divmod(i, W), divmod(j, W)
+        pi = xp[ri:ri + P, ci:ci + P]
+        pj = xp[rj:rj + P, cj:cj + P]
+        d2 = np.sum(K * np.mean((pi - pj) ** 2, axis=-1))
+        assert float(((e[i] - e[j]) ** 2).sum()) == pytest.approx(d2, rel=1e-5, abs=1e-7)
+
+
+def test_patch_embeddings_bad_arguments():
+    from nltutorial.nl_means import patch_embeddings
+
+    with pytest.raises(ValueError, match="patch_size"):
+        patch_embeddings(np.zeros((4, 4), np.float32), patch_size=4)
+    with pytest.raises(ValueError, match="image"):
+        patch_embeddings(np.zeros((4, 4, 2), np.float32))

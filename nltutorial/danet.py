@@ -1,0 +1,140 @@
+r"""DANet attention, Fu, Liu, Tian, Li, Bao, Fang & Lu, *Dual Attention Network for Scene
+Segmentation* (CVPR 2019).
+
+Two self-attention modules over a feature map A ∈ R^{C×H×W}, N = H·W, each added
+residually with a learnable scale initialised to 0 (so each module is the identity at
+initialisation, §3.2–3.3).
+
+Position attention module (PAM). B, C', D are 1×1 convolutions of A (C' is the paper's
+"C"; renamed here so as not to clash with the channel count). Reshaped to (C_k, N),
+(C_k, N), (C, N)::
+
+    S = softmax_j(Bᵀ C')          S_ij = exp(B_i · C'_j) / Σ_j exp(B_i · C'_j)      (N × N)
+    E = γ D Sᵀ + A                E_i = γ Σ_j S_ij D_j + A_i
+
+This is eq. (1)–(2) of the paper; the paper's s_ji normalises over the index of B with B
+and C in the other roles, which is the same map up to the naming of the two learned
+convolutions. We name them as the official code does (B = query, C' = key).
+
+Channel attention module (CAM), no convolution, A reshaped to (C, N)::
+
+    X = softmax(A Aᵀ)             X_ij = exp(A_i · A_j) / Σ_j exp(A_i · A_j)        (C × C)
+    E = β X A + A                 E_i = β Σ_j X_ij A_j + A_i
+
+Paper versus official code (``junfu1115/DANet``)
+------------------------------------------------
+* ``PositionAttention(rd_ratio=...)``: the width C_k of B and C'. The paper says
+  B, C ∈ R^{C×H×W} (``rd_ratio=1``); the official code uses C/8. Default 1/8 (official).
+* ``ChannelAttention(cam_energy=...)``: "paper" (default) uses softmax(A Aᵀ).
+  "official" uses softmax(max_j(A Aᵀ) − A Aᵀ), row-wise. A softmax does not change when a
+  constant is added to a row, so this equals softmax(−A Aᵀ): the official code attends
+  most to the channels *least* similar to channel i; it is not a numerical-stability
+  rewrite of the paper's formula.
+* The DANet head also wraps each module in 3×3 conv–BN–ReLU layers and classifiers;
+  :class:`DualAttention` is only the attention part: PAM(A) + CAM(A).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ._utils import check_image, reduced_channels
+
+__all__ = ["ChannelAttention", "DualAttention", "PositionAttention"]
+
+CAM_ENERGIES = ("paper", "official")
+
+
+class PositionAttention(nn.Module):
+    r"""Position attention module (PAM): E = γ D softmax_j(Bᵀ C')ᵀ + A, γ = 0 at initialisation.
+
+    Args:
+        channels: C.
+        rd_ratio: width of B and C' is C·rd_ratio (default 1/8, official code; paper: 1).
+        rd_divisor, rd_channels: see :func:`nltutorial._utils.reduced_channels`.
+
+    Shapes: (B, C, H, W) -> (B, C, H, W); the attention map is (B, N, N), N = H·W.
+    """
+
+    def __init__(self, channels: int, rd_ratio: float = 1 / 8, rd_divisor: int = 1,
+                 rd_channels: Optional[int] = None) -> None:
+        super().__init__()
+        rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels)
+        self.channels, self.rd_channels = channels, rd
+        self.query = nn.Conv2d(channels, rd, kernel_size=1)       # B
+        self.key = nn.Conv2d(channels, rd, kernel_size=1)         # C'
+        self.value = nn.Conv2d(channels, channels, kernel_size=1)  # D
+        self.gamma = nn.Parameter(torch.zeros(1))                 # α in the paper
+
+    def attention(self, x: Tensor) -> Tensor:
+        """S, shape (B, N, N): S[b, i, j] = softmax over j of B_i · C'_j."""
+        b = self.query(x).flatten(2)                              # (B, C_k, N)
+        c = self.key(x).flatten(2)                                # (B, C_k, N)
+        return torch.softmax(b.transpose(1, 2) @ c, dim=-1)       # (B, N, N)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_image(x, self.channels)
+        s = self.attention(x)                                     # (B, N, N)
+        d = self.value(x).flatten(2)                              # (B, C, N)
+        out = (d @ s.transpose(1, 2)).view_as(x)                  # (B, C, H, W): D Sᵀ
+        return self.gamma * out + x
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, rd_channels={self.rd_channels}"
+
+
+class ChannelAttention(nn.Module):
+    r"""Channel attention module (CAM): E = β softmax(A Aᵀ) A + A, β = 0 at initialisation.
+
+    Args:
+        channels: C (checked against the input; CAM has no convolution).
+        cam_energy: "paper" (default): X = softmax(A Aᵀ); "official": X =
+            softmax(max(A Aᵀ) − A Aᵀ) = softmax(−A Aᵀ), as in the official code.
+
+    Shapes: (B, C, H, W) -> (B, C, H, W); the attention map is (B, C, C).
+    """
+
+    def __init__(self, channels: int, cam_energy: str = "paper") -> None:
+        super().__init__()
+        reduced_channels(channels, 1.0)                           # validates channels
+        if cam_energy not in CAM_ENERGIES:
+            raise ValueError(f"cam_energy must be one of {CAM_ENERGIES}, got {cam_energy!r}")
+        self.channels, self.cam_energy = channels, cam_energy
+        self.gamma = nn.Parameter(torch.zeros(1))                 # β in the paper
+
+    def attention(self, x: Tensor) -> Tensor:
+        """X, shape (B, C, C), each row a softmax over channels j."""
+        a = x.flatten(2)                                          # (B, C, N)
+        energy = a @ a.transpose(1, 2)                            # (B, C, C)
+        if self.cam_energy == "official":
+            energy = energy.amax(dim=-1, keepdim=True) - energy
+        return torch.softmax(energy, dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_image(x, self.channels)
+        out = (self.attention(x) @ x.flatten(2)).view_as(x)       # (B, C, H, W): X A
+        return self.gamma * out + x
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, cam_energy={self.cam_energy!r}"
+
+
+class DualAttention(nn.Module):
+    r"""The two DANet modules in parallel, summed: E = PAM(A) + CAM(A).
+
+    At initialisation (γ = β = 0) this is 2A, the sum of two identities, as in the paper's
+    element-wise sum fusion. Args as :class:`PositionAttention` and :class:`ChannelAttention`.
+    """
+
+    def __init__(self, channels: int, rd_ratio: float = 1 / 8, rd_divisor: int = 1,
+                 rd_channels: Optional[int] = None, cam_energy: str = "paper") -> None:
+        super().__init__()
+        self.channels = channels
+        self.pam = PositionAttention(channels, rd_ratio, rd_divisor, rd_channels)
+        self.cam = ChannelAttention(channels, cam_energy)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pam(x) + self.cam(x)

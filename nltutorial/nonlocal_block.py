@@ -1,0 +1,524 @@
+r"""The non-local block of Wang, Girshick, Gupta & He, *Non-local Neural Networks* (CVPR 2018).
+
+The non-local operation (eq. 1 of the paper) computes the response at position i as a
+weighted sum of a transform of the features at *all* positions j::
+
+    y_i = 1 / C(x) · Σ_j f(x_i, x_j) g(x_j)                                        (1)
+
+and the non-local *block* (eq. 6) wraps it in a residual connection::
+
+    z_i = W_z y_i + x_i                                                            (6)
+
+x has C channels and N positions (T, H·W or T·H·W for ``dimension`` 1, 2 or 3). g, θ and
+φ are 1×1(×1) convolutions C → d, with d = ``inter_channels`` (C/2 by default); W_z is a
+1×1(×1) convolution d → C followed by BatchNorm. The pairwise function f (§3.2):
+
+    mode              f(x_i, x_j)                       C(x)
+    ----------------  --------------------------------  ---------------------------
+    "gaussian"        exp(x_iᵀ x_j)                     Σ_j f(x_i, x_j)  (softmax over j)
+    "embedded"        exp(θ(x_i)ᵀ φ(x_j))               Σ_j f(x_i, x_j)  (softmax over j)
+    "dot"             θ(x_i)ᵀ φ(x_j)                    N_s
+    "concatenation"   ReLU(w_fᵀ [θ(x_i), φ(x_j)])       N_s
+
+N_s is the number of positions j. With ``sub_sample=True`` (§3.3) φ and g are followed by
+a max-pooling (kernel 2 in 1D, 2×2 in 2D, 1×2×2 in 3D), so j runs over a coarser grid:
+N_s ≈ N/2 in 1D and N/4 in 2D and 3D. Pooling floors odd sizes (an odd last row or
+column is dropped from the j positions, never from the i positions), exactly as
+``nn.MaxPool`` does, so checkpoints behave the same as in the popular implementation.
+
+Initialisation (§4.1): the BatchNorm after W_z has weight and bias set to zero (or, with
+``bn_layer=False``, W_z itself is zero), so W_z y = 0 and the block is the identity
+z = x when it is inserted into a pre-trained network.
+
+Two implementations
+-------------------
+Write q_i = θ(x_i), k_j = φ(x_j), v_j = g(x_j) (for "gaussian", q_i = x_i and k_j = x_j).
+``implementation="naive"`` builds the N×N_s matrix [f(x_i, x_j)] explicitly, as the
+paper's Fig. 2 draws it. ``implementation="fast"`` (the default) gives the same numbers,
+to float rounding, without ever storing that matrix:
+
+    mode             fast path                                           memory
+    ---------------  --------------------------------------------------  ----------------
+    gaussian,        ``F.scaled_dot_product_attention`` (fused kernel,    O(N·d)
+    embedded         softmax computed block by block); ``scale=1``
+    dot              y = q (kᵀ v) / N_s: associativity, O(N·d²) time      O(d²)
+    concatenation    f_ij = ReLU(a_i + b_j) with a = q·w_θ, b = k·w_φ     O(N·d)
+                     (the two halves of w_f). "sorted" (default): sort
+                     the b_j, the active j (b_j > -a_i) are a suffix:
+                     suffix sums, O(N log N + N·d) time. "chunked":
+                     broadcast over chunks of queries, O(N·N_s·d) time    O(chunk·N_s)
+
+The ReLU of "concatenation" forbids the matrix reordering used for "dot" (hence the sort).
+When no fused attention kernel accepts the head dimension (CUDA kernels stop at 256;
+d = 512 or 1024 happens with C = 1024 or 2048), the softmax modes run over chunks of
+queries. Chunks are recomputed in the backward pass (activation checkpointing), so
+training also keeps only one chunk×N_s block alive at a time.
+
+Checkpoint layout
+-----------------
+Submodule names and parameter shapes follow the widely used "Non-local_pytorch" layout,
+so its state dicts load with ``strict=True``:
+
+    g               Conv{d}d(C, d, 1)            or Sequential(conv, MaxPool) if sub_sample
+    theta           Conv{d}d(C, d, 1)            (absent for "gaussian")
+    phi             Conv{d}d(C, d, 1)            or Sequential(conv, MaxPool) if sub_sample;
+                                                 "gaussian": bare MaxPool, or absent
+    W               Sequential(Conv{d}d(d, C, 1), BatchNorm{d}d(C))   or Conv{d}d(d, C, 1)
+    concat_project  Sequential(Conv2d(2d, 1, 1, bias=False), ReLU)    ("concatenation")
+
+``concat_project`` is a ``Conv2d`` for every ``dimension``: it acts on the *pair grid*
+(i, j) of shape N × N_s, which is two-dimensional whatever the dimension of x is, so the
+2D convolution is the natural choice and not a quirk (its weight has shape (1, 2d, 1, 1)
+in every case). A weight saved with a ``Conv{d}d`` shape, (1, 2d, 1) or (1, 2d, 1, 1, 1),
+is reshaped on loading.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["NonLocalBlock", "MODES", "IMPLEMENTATIONS", "CONCAT_ALGORITHMS"]
+
+MODES = ("gaussian", "embedded", "dot", "concatenation")
+IMPLEMENTATIONS = ("fast", "naive")
+
+#: chunked paths process at most this many (batch × query × key) pairs at once
+#: (2**22 pairs: 16 MiB per float32 intermediate).
+CHUNK_PAIRS = 2**22
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_MAX_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+_BATCH_NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_POOL_KERNEL = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}
+_SPATIAL = {1: "T", 2: "H, W", 3: "T, H, W"}
+
+
+# --------------------------------------------------------------------------------------
+# The non-local operation on flattened features.
+# Shapes: q (B, N, dq), k (B, Ns, dq), v (B, Ns, dv)  ->  y (B, N, dv).
+# --------------------------------------------------------------------------------------
+
+
+def attention_map(q: Tensor, k: Tensor, mode: str, scale: float = 1.0, w_f: Optional[Tensor] = None) -> Tensor:
+    """The explicit N×N_s matrix A_ij = f(x_i, x_j) / C(x), of shape (B, N, Ns).
+
+    softmax modes: A = softmax_j(scale · q_i·k_j);  "dot": A = q_i·k_j / Ns;
+    "concatenation": A = ReLU(w_θ·q_i + w_φ·k_j) / Ns with w_f = [w_θ, w_φ] of shape (2dq,).
+    """
+    Ns = k.shape[1]
+    if mode == "concatenation":
+        w_theta, w_phi = w_f.split(q.shape[-1])                 # (dq,), (dq,)
+        a = (q @ w_theta.unsqueeze(-1))                         # (B, N, 1)
+        b = (k @ w_phi.unsqueeze(-1)).transpose(1, 2)           # (B, 1, Ns)
+        return F.relu(a + b) / Ns                               # (B, N, Ns)
+    f = q @ k.transpose(1, 2)                                   # (B, N, Ns)
+    if mode == "dot":
+        return f / Ns
+    if scale != 1.0:
+        f = f * scale
+    return torch.softmax(f, dim=-1)                             # stable: subtracts the row max
+
+
+def _query_chunks(fn, chunked: Sequence[Tensor], shared: Sequence[Tensor], chunk_size: int) -> Tensor:
+    """Apply ``fn(*chunked[:, rows], *shared)`` to consecutive blocks of ``chunk_size`` query rows.
+
+    Each block is checkpointed when gradients are needed: the backward pass recomputes the
+    block's chunk×Ns intermediate instead of keeping all N×Ns of them alive.
+    """
+    from torch.utils.checkpoint import checkpoint  # first use imports much of torch: only here
+
+    N = chunked[0].shape[1]
+    track = torch.is_grad_enabled() and any(t.requires_grad for t in (*chunked, *shared))
+    outs = []
+    for start in range(0, N, chunk_size):
+        args = [t[:, start:start + chunk_size] for t in chunked] + list(shared)
+        outs.append(checkpoint(fn, *args, use_reentrant=False) if track else fn(*args))
+    return torch.cat(outs, dim=1)
+
+
+def _auto_chunk(batch: int, keys: int) -> int:
+    return max(1, CHUNK_PAIRS // max(1, batch * keys))
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    # SDPA takes (batch, heads, L, E): one head. The fused kernels want a stride-1 last dim.
+    q, k, v = (t.unsqueeze(1).contiguous() for t in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
+
+
+def _fused_only():
+    """Context manager allowing only SDPA's fused (O(N)-memory) CUDA kernels, not the math one."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    names = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION")
+    return sdpa_kernel([getattr(SDPBackend, n) for n in names if hasattr(SDPBackend, n)])
+
+
+def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float = 1.0,
+                      chunk_size: Optional[int] = None) -> Tensor:
+    """y_i = Σ_j softmax_j(scale · q_i·k_j) v_j without storing the N×Ns matrix.
+
+    Uses ``F.scaled_dot_product_attention`` with an explicit ``scale`` (the paper has no
+    1/√d). The fused kernels need one head dim for q, k and v; "gaussian" has dq = C but
+    dv = d, so the narrower side is zero-padded (this changes neither q_i·k_j nor the first
+    dv outputs). On CUDA, if no fused kernel accepts the shapes (head dims above 256, say),
+    or whenever ``chunk_size`` is given, the queries are processed in chunks.
+    """
+    dq, dv = q.shape[-1], v.shape[-1]
+    if chunk_size is None:
+        d = max(dq, dv)
+        qp, kp = (F.pad(t, (0, d - dq)) for t in (q, k)) if dq < d else (q, k)
+        vp = F.pad(v, (0, d - dv)) if dv < d else v
+        if not q.is_cuda:
+            # CPU: the fused flash kernel handles every head dim in O(N·d) memory.
+            return _sdpa(qp, kp, vp, scale)[..., :dv]
+        try:
+            with _fused_only(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # SDPA warns about each kernel it rules out
+                return _sdpa(qp, kp, vp, scale)[..., :dv]
+        except (RuntimeError, ImportError):
+            chunk_size = _auto_chunk(q.shape[0], k.shape[1])  # no fused kernel: chunk below
+    return _query_chunks(lambda qc, kk, vv: _sdpa(qc, kk, vv, scale), [q], [k, v], chunk_size)
+
+
+def dot_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """y_i = Σ_j (q_i·k_j) v_j / Ns computed as y = q (kᵀ v) / Ns: O(N·d²), no N×Ns matrix."""
+    kv = k.transpose(1, 2) @ v                                  # (B, dq, dv)
+    return (q @ kv) / k.shape[1]                                # (B, N, dv)
+
+
+class _ReluPairs(torch.autograd.Function):
+    r"""y = ReLU(a + b) v over chunks of query rows, never holding more than one chunk×Ns block.
+
+    a (B, N, 1), b (B, 1, Ns), v (B, Ns, dv) -> y (B, N, dv). The backward pass recomputes
+    each chunk's S = a + b and F = ReLU(S) (activation checkpointing by hand) and applies
+
+        ∂L/∂v = Σ_chunks Fᵀ ∂L/∂y,     ∂L/∂S = (∂L/∂y vᵀ) ⊙ [S > 0],
+        ∂L/∂a_i = Σ_j ∂L/∂S_ij,         ∂L/∂b_j = Σ_i ∂L/∂S_ij.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, v: Tensor, chunk_size: int) -> Tensor:
+        ctx.save_for_backward(a, b, v)
+        ctx.chunk_size = chunk_size
+        N = a.shape[1]
+        return torch.cat([F.relu(a[:, i:i + chunk_size] + b) @ v for i in range(0, N, chunk_size)], dim=1)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        a, b, v = ctx.saved_tensors
+        c, N = ctx.chunk_size, a.shape[1]
+        acc = torch.promote_types(v.dtype, torch.float32)       # accumulate sums over chunks in >= fp32
+        dy = dy.to(v.dtype)
+        da = torch.empty(a.shape, dtype=acc, device=a.device)
+        db = torch.zeros(b.shape, dtype=acc, device=b.device)
+        dv = torch.zeros(v.shape, dtype=acc, device=v.device)
+        for i in range(0, N, c):
+            s = a[:, i:i + c] + b                               # (B, c, Ns)
+            dy_c = dy[:, i:i + c]                               # (B, c, dv)
+            if ctx.needs_input_grad[2]:
+                dv += F.relu(s).transpose(1, 2) @ dy_c          # (B, Ns, dv)
+            ds = (dy_c @ v.transpose(1, 2)).masked_fill_(s <= 0, 0)  # (B, c, Ns)
+            da[:, i:i + c] = ds.sum(dim=-1, keepdim=True, dtype=acc)
+            db += ds.sum(dim=1, keepdim=True, dtype=acc)
+        return da.to(a.dtype), db.to(b.dtype), dv.to(v.dtype), None
+
+
+def relu_pairs_sorted(a: Tensor, b: Tensor, v: Tensor) -> Tensor:
+    r"""y_i = Σ_j ReLU(a_i + b_j) v_j exactly, in O(Ns log Ns + (N + Ns)·dv) time and memory.
+
+    a (B, N, 1), b (B, 1, Ns), v (B, Ns, dv) -> y (B, N, dv). For query i only the keys with
+    b_j > -a_i contribute, each with (a_i + b_j) v_j. Sort the keys by b: the active keys
+    are then a *suffix* of the sorted order, starting at p_i = #{j : b_j <= -a_i}, so with
+    the suffix sums G_p = Σ_{m>=p} v_(m) and H_p = Σ_{m>=p} b_(m) v_(m)::
+
+        y_i = a_i G_{p_i} + H_{p_i}
+
+    The ReLU forbids the matrix reordering of "dot", but not this one: f depends on (i, j)
+    only through the scalar a_i + b_j. Sums are accumulated in float64 (fp32 on MPS).
+    """
+    B, Ns, dv = v.shape
+    N = a.shape[1]
+    acc = torch.float32 if v.device.type == "mps" else torch.float64
+    b_sorted, order = b.squeeze(1).sort(dim=-1)                 # (B, Ns) ascending
+    v_sorted = v.gather(1, order.unsqueeze(-1).expand(B, Ns, dv)).to(acc)       # (B, Ns, dv)
+    terms = torch.cat([v_sorted, b_sorted.unsqueeze(-1).to(acc) * v_sorted], dim=-1)  # [v, b·v]
+    suffix = terms.flip(1).cumsum(1).flip(1)                    # (B, Ns, 2dv): Σ_{m>=p}
+    suffix = F.pad(suffix, (0, 0, 0, 1))                        # (B, Ns+1, 2dv): empty suffix = 0
+    p = torch.searchsorted(b_sorted.detach().contiguous(),      # (B, N): first j with b_j > -a_i
+                           a.squeeze(-1).detach().neg().contiguous(), right=True)
+    G, H = suffix.gather(1, p.unsqueeze(-1).expand(B, N, 2 * dv)).split(dv, dim=-1)  # (B, N, dv) each
+    return (a.to(acc) * G + H).to(v.dtype)
+
+
+CONCAT_ALGORITHMS = ("sorted", "chunked")
+
+
+def concat_attention(q: Tensor, k: Tensor, v: Tensor, w_f: Tensor, chunk_size: Optional[int] = None,
+                     algorithm: str = "sorted") -> Tensor:
+    """y_i = Σ_j ReLU(w_θ·q_i + w_φ·k_j) v_j / Ns without the concatenated (N, Ns, 2d) tensor.
+
+    w_fᵀ[q_i, k_j] = w_θ·q_i + w_φ·k_j splits into a query term a_i and a key term b_j.
+    ``algorithm="chunked"`` then broadcasts ReLU(a_i + b_j) over chunks of queries, holding
+    one (chunk, Ns) block at a time in forward and backward (``_ReluPairs``), O(N·Ns·d) time;
+    ``"sorted"`` sorts the b_j and uses suffix sums (``relu_pairs_sorted``), O(N log N + N·d).
+    """
+    w_theta, w_phi = w_f.split(q.shape[-1])                     # (dq,), (dq,)
+    a = q @ w_theta.unsqueeze(-1)                               # (B, N, 1)
+    b = (k @ w_phi.unsqueeze(-1)).transpose(1, 2)               # (B, 1, Ns)
+    Ns = k.shape[1]
+    a, b, v = (t.to(v.dtype) for t in (a, b, v))                # one dtype under autocast too
+    if algorithm == "sorted":
+        return relu_pairs_sorted(a, b, v) / Ns
+    if chunk_size is None:
+        chunk_size = _auto_chunk(q.shape[0], Ns)
+    return _ReluPairs.apply(a, b, v, chunk_size) / Ns
+
+
+# --------------------------------------------------------------------------------------
+# The block.
+# --------------------------------------------------------------------------------------
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class NonLocalBlock(nn.Module):
+    r"""Non-local block z = W_z y + x, with y_i = 1/C(x) Σ_j f(x_i, x_j) g(x_j).
+
+    Args:
+        in_channels: C, the channels of x.
+        inter_channels: d, the channels of θ, φ and g; default ``max(1, C // 2)``.
+        dimension: 1, 2 or 3, for x of shape (B, C, T), (B, C, H, W) or (B, C, T, H, W).
+        mode: the pairwise function f: "gaussian", "embedded", "dot" or "concatenation".
+        sub_sample: max-pool after φ and g (kernel 2, 2×2, 1×2×2), N_s ≈ N/2 or N/4.
+        bn_layer: W_z = Conv + BatchNorm with zero-initialised BN weight and bias;
+            otherwise W_z = Conv with zero-initialised weight and bias.
+        attention_scale: the softmax modes compute softmax_j(s · θ_iᵀφ_j). The paper's
+            s = 1 is the default; ``None`` uses the Transformer's 1/√(dq) (dq = d, or C for
+            "gaussian"). Must stay 1 for "dot" and "concatenation".
+        implementation: "fast" (default) or "naive" (explicit N×N_s matrix, reference).
+        chunk_size: query rows per chunk for the chunked paths; ``None`` chooses so that a
+            chunk holds at most ``CHUNK_PAIRS`` pairs. Giving it forces chunking in the
+            softmax modes (otherwise used only when no fused kernel fits).
+        concat_algorithm: fast path of "concatenation": "sorted" (default; sort the key
+            terms, suffix sums, O(N log N + N·d)) or "chunked" (broadcast ReLU(a_i + b_j)
+            over chunks of queries, O(N·N_s·d) time, chunk×N_s memory).
+        max_attention_elements: ``forward(x, return_attention=True)`` raises ValueError
+            when the map would have more than this many (B·N·N_s) elements; default 2**24
+            (64 MiB in float32). An attribute: change it on the instance if needed.
+
+    Example:
+        >>> block = NonLocalBlock(64, dimension=2, mode="embedded").eval()
+        >>> x = torch.randn(2, 64, 16, 16)
+        >>> z, attn = block(x, return_attention=True)   # attn: (2, 256, 64)
+        >>> torch.equal(z, x)                             # identity at initialisation
+        True
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        inter_channels: Optional[int] = None,
+        dimension: int = 2,
+        mode: str = "embedded",
+        sub_sample: bool = True,
+        bn_layer: bool = True,
+        *,
+        attention_scale: Optional[float] = 1.0,
+        implementation: str = "fast",
+        chunk_size: Optional[int] = None,
+        max_attention_elements: int = 2**24,
+        concat_algorithm: str = "sorted",
+    ) -> None:
+        super().__init__()
+        _positive_int("in_channels", in_channels)
+        if inter_channels is None:
+            inter_channels = max(1, in_channels // 2)
+        _positive_int("inter_channels", inter_channels)
+        if isinstance(dimension, bool) or dimension not in (1, 2, 3):
+            raise ValueError(f"dimension must be 1, 2 or 3, got {dimension!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if attention_scale is not None:
+            if isinstance(attention_scale, bool) or not isinstance(attention_scale, (int, float)) \
+                    or not math.isfinite(attention_scale) or attention_scale <= 0:
+                raise ValueError(f"attention_scale must be a positive float or None, got {attention_scale!r}")
+            attention_scale = float(attention_scale)
+        if mode in ("dot", "concatenation") and attention_scale != 1.0:
+            raise ValueError(f"attention_scale applies to the softmax modes only; mode={mode!r} "
+                             f"needs attention_scale=1.0, got {attention_scale!r}")
+        if chunk_size is not None:
+            _positive_int("chunk_size", chunk_size)
+        _positive_int("max_attention_elements", max_attention_elements)
+        if concat_algorithm not in CONCAT_ALGORITHMS:
+            raise ValueError(f"concat_algorithm must be one of {CONCAT_ALGORITHMS}, got {concat_algorithm!r}")
+
+        self.in_channels = in_channels
+        self.inter_channels = inter_channels
+        self.dimension = dimension
+        self.mode = mode
+        self.sub_sample = bool(sub_sample)
+        self.bn_layer = bool(bn_layer)
+        self.attention_scale = attention_scale
+        self.implementation = implementation
+        self.chunk_size = chunk_size
+        self.max_attention_elements = max_attention_elements
+        self.concat_algorithm = concat_algorithm
+
+        conv, C, d = _CONV[dimension], in_channels, inter_channels
+        pool = _MAX_POOL[dimension](kernel_size=_POOL_KERNEL[dimension])
+
+        # g, θ, φ: 1×1(×1) convolutions C -> d; max-pooling after g and φ when sub-sampling.
+        self.g = conv(C, d, kernel_size=1)
+        if mode == "gaussian":
+            self.theta = None                                   # θ(x) = x
+            self.phi = pool if sub_sample else None             # φ(x) = x, or its max-pool
+        else:
+            self.theta = conv(C, d, kernel_size=1)
+            self.phi = conv(C, d, kernel_size=1)
+            if sub_sample:
+                self.phi = nn.Sequential(self.phi, pool)
+        if sub_sample:
+            self.g = nn.Sequential(self.g, pool)
+
+        # w_f of "concatenation": a 1×1 Conv2d on the (i, j) pair grid, see the module docstring.
+        if mode == "concatenation":
+            self.concat_project = nn.Sequential(nn.Conv2d(2 * d, 1, kernel_size=1, bias=False), nn.ReLU())
+
+        # W_z: d -> C, zero at initialisation so that z = x.
+        if bn_layer:
+            self.W = nn.Sequential(conv(d, C, kernel_size=1), _BATCH_NORM[dimension](C))
+            nn.init.zeros_(self.W[1].weight)
+            nn.init.zeros_(self.W[1].bias)
+        else:
+            self.W = conv(d, C, kernel_size=1)
+            nn.init.zeros_(self.W.weight)
+            nn.init.zeros_(self.W.bias)
+
+    # ---- options --------------------------------------------------------------------
+
+    @property
+    def implementation(self) -> str:
+        return self._implementation
+
+    @implementation.setter
+    def implementation(self, value: str) -> None:
+        if value not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {value!r}")
+        self._implementation = value
+
+    def softmax_scale(self) -> float:
+        """The s of softmax_j(s · q_i·k_j): ``attention_scale``, or 1/√dq when it is None."""
+        if self.attention_scale is not None:
+            return self.attention_scale
+        dq = self.in_channels if self.mode == "gaussian" else self.inter_channels
+        return 1.0 / math.sqrt(dq)
+
+    def extra_repr(self) -> str:
+        return (f"in_channels={self.in_channels}, inter_channels={self.inter_channels}, "
+                f"dimension={self.dimension}, mode={self.mode!r}, sub_sample={self.sub_sample}, "
+                f"bn_layer={self.bn_layer}, implementation={self.implementation!r}"
+                + (f", concat_algorithm={self.concat_algorithm!r}" if self.mode == "concatenation" else ""))
+
+    # ---- forward --------------------------------------------------------------------
+
+    def _check_input(self, x: Tensor) -> None:
+        expected = f"(B, {self.in_channels}, {_SPATIAL[self.dimension]})"
+        if not isinstance(x, Tensor):
+            raise ValueError(f"x must be a tensor of shape {expected}, got {type(x).__name__}")
+        if x.dim() != self.dimension + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape {expected} for dimension={self.dimension}, "
+                             f"got {tuple(x.shape)}")
+        spatial = tuple(x.shape[2:])
+        if min(spatial) < 1:
+            raise ValueError(f"x must have shape {expected} with non-empty {_SPATIAL[self.dimension]}, "
+                             f"got {tuple(x.shape)}")
+        kernel = _POOL_KERNEL[self.dimension]
+        if self.sub_sample and any(s < k for s, k in zip(spatial, kernel)):
+            raise ValueError(f"x of shape {tuple(x.shape)} is too small for sub_sample=True: the "
+                             f"max-pooling kernel {kernel} needs ({_SPATIAL[self.dimension]}) >= {kernel}")
+
+    def _embed(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """q = θ(x) (B, N, dq), k = φ(x) (B, Ns, dq), v = g(x) (B, Ns, d): positions first."""
+        v = self.g(x).flatten(2).transpose(1, 2)                # (B, Ns, d)
+        if self.mode == "gaussian":
+            q = x.flatten(2).transpose(1, 2)                    # (B, N, C)
+            k = x if self.phi is None else self.phi(x)
+            k = k.flatten(2).transpose(1, 2)                    # (B, Ns, C)
+            # Under autocast the convolution g ran in low precision but x did not: match v.
+            q, k = q.to(v.dtype), k.to(v.dtype)
+        else:
+            q = self.theta(x).flatten(2).transpose(1, 2)        # (B, N, d)
+            k = self.phi(x).flatten(2).transpose(1, 2)          # (B, Ns, d)
+        return q, k, v
+
+    def _w_f(self) -> Optional[Tensor]:
+        return self.concat_project[0].weight.flatten() if self.mode == "concatenation" else None  # (2d,)
+
+    def _naive(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """The explicit form: build the (B, N, Ns) matrix f/C(x), then multiply by v."""
+        if self.mode != "concatenation":
+            return attention_map(q, k, self.mode, self.softmax_scale()) @ v
+        # concatenation exactly as drawn: the (B, 2d, N, Ns) tensor [θ_i, φ_j] through w_f.
+        B, N, d = q.shape
+        Ns = k.shape[1]
+        theta_ij = q.transpose(1, 2).unsqueeze(3).expand(B, d, N, Ns)
+        phi_ij = k.transpose(1, 2).unsqueeze(2).expand(B, d, N, Ns)
+        f = self.concat_project(torch.cat([theta_ij, phi_ij], dim=1)).squeeze(1)  # (B, N, Ns)
+        return (f / Ns) @ v
+
+    def _fast(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.mode == "dot":
+            return dot_attention(q, k, v)
+        if self.mode == "concatenation":
+            return concat_attention(q, k, v, self._w_f(), self.chunk_size, self.concat_algorithm)
+        return softmax_attention(q, k, v, self.softmax_scale(), self.chunk_size)
+
+    def forward(self, x: Tensor, return_attention: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """z = W_z y + x for x of shape (B, C, *spatial); z has the same shape.
+
+        With ``return_attention=True`` returns ``(z, attn)``, attn of shape (B, N, N_s) the
+        matrix f(x_i, x_j)/C(x) (rows sum to 1 in the softmax modes), with i over the N
+        positions of x and j over the N_s (sub-sampled) positions, both flattened row-major.
+        """
+        self._check_input(x)
+        B, spatial = x.shape[0], x.shape[2:]
+        q, k, v = self._embed(x)                                # (B, N, dq), (B, Ns, dq), (B, Ns, d)
+        attn = None
+        if return_attention:
+            size = B * q.shape[1] * k.shape[1]
+            if size > self.max_attention_elements:
+                raise ValueError(
+                    f"return_attention=True would build a (B, N, N_s) = {(B, q.shape[1], k.shape[1])} "
+                    f"attention map, {size} elements > max_attention_elements={self.max_attention_elements}; "
+                    f"raise max_attention_elements or use a smaller input")
+            attn = attention_map(q, k, self.mode, self.softmax_scale(), self._w_f())
+            y = attn @ v
+        elif self.implementation == "naive":
+            y = self._naive(q, k, v)
+        else:
+            y = self._fast(q, k, v)
+        y = y.transpose(1, 2).reshape(B, self.inter_channels, *spatial)  # (B, d, *spatial)
+        z = self.W(y) + x                                       # (B, C, *spatial)
+        return (z, attn) if return_attention else z
+
+    # ---- checkpoints ----------------------------------------------------------------
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Accept w_f saved from a Conv1d/Conv3d variant: (1, 2d, 1) or (1, 2d, 1, 1, 1).
+        key = prefix + "concat_project.0.weight"
+        w = state_dict.get(key)
+        if self.mode == "concatenation" and w is not None and w.dim() != 4 \
+                and w.shape[:2] == (1, 2 * self.inter_channels) and w.numel() == 2 * self.inter_channels:
+            state_dict[key] = w.reshape(1, -1, 1, 1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

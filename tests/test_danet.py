@@ -1,0 +1,128 @@
+"""Tests of nltutorial.danet against the equations of Fu et al., DANet (CVPR 2019)."""
+
+import math
+
+import pytest
+import torch
+
+from nltutorial.danet import ChannelAttention, DualAttention, PositionAttention
+
+from conftest import randomize_
+
+
+
+
+def conv1x1(x, conv):
+    """(C, N) -> (C', N) with the conv's weight and bias."""
+    return conv.weight[:, :, 0, 0] @ x + conv.bias[:, None]
+
+
+@torch.no_grad()
+def ref_pam(x, pam):
+    """E_i = γ Σ_j S_ij D_j + A_i, S_ij = exp(B_i · C_j) / Σ_j' exp(B_i · C_j'), loops over i and j."""
+    out = torch.empty_like(x)
+    for n in range(x.shape[0]):
+        a = x[n].flatten(1)                                            # (C, N)
+        B, C, D = conv1x1(a, pam.query), conv1x1(a, pam.key), conv1x1(a, pam.value)
+        N = a.shape[1]
+        e = torch.empty_like(a)
+        for i in range(N):
+            scores = [math.exp(float(B[:, i] @ C[:, j])) for j in range(N)]
+            total = sum(scores)
+            e[:, i] = pam.gamma * sum(scores[j] / total * D[:, j] for j in range(N)) + a[:, i]
+        out[n] = e.view_as(x[n])
+    return out
+
+
+def ref_cam(x, cam, energy):
+    """E_i = β Σ_j X_ij A_j + A_i with X_ij = softmax_j(A_i · A_j) (paper) or softmax_j(max − A_i · A_j)."""
+    out = torch.empty_like(x)
+    for n in range(x.shape[0]):
+        a = x[n].flatten(1)                                            # (C, N)
+        C = a.shape[0]
+        e = torch.empty_like(a)
+        for i in range(C):
+            s = torch.stack([a[i] @ a[j] for j in range(C)])
+            if energy == "official":
+                s = s.max() - s
+            w = torch.exp(s - s.max()) / torch.exp(s - s.max()).sum()
+            e[i] = cam.gamma * sum(w[j] * a[j] for j in range(C)) + a[i]
+        out[n] = e.view_as(x[n])
+    return out
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 5, 7), (1, 8, 1, 1), (1, 8, 4, 3)])
+def test_pam_matches_paper_equation(shape):
+    pam = randomize_(PositionAttention(8, rd_ratio=1 / 4))
+    x = torch.randn(shape, dtype=torch.float64) * 0.5
+    y = pam(x)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y, ref_pam(x, pam))
+
+
+@pytest.mark.parametrize("energy", ["paper", "official"])
+@pytest.mark.parametrize("shape", [(2, 6, 5, 7), (1, 6, 1, 1)])
+def test_cam_matches_paper_equation(energy, shape):
+    cam = randomize_(ChannelAttention(6, cam_energy=energy))
+    x = torch.randn(shape, dtype=torch.float64) * 0.3
+    y = cam(x)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y, ref_cam(x, cam, energy))
+
+
+def test_official_energy_is_softmax_of_minus_energy():
+    cam = ChannelAttention(6, cam_energy="official")
+    x = torch.randn(2, 6, 3, 4, dtype=torch.float64)
+    a = x.flatten(2)
+    torch.testing.assert_close(cam.attention(x), torch.softmax(-(a @ a.transpose(1, 2)), dim=-1))
+
+
+def test_identity_at_init_and_dual():
+    x = torch.randn(2, 16, 5, 7)
+    pam, cam, dual = PositionAttention(16), ChannelAttention(16), DualAttention(16)
+    assert pam.gamma.item() == 0 and cam.gamma.item() == 0
+    assert torch.equal(pam(x), x) and torch.equal(cam(x), x)
+    torch.testing.assert_close(dual(x), 2 * x)                          # PAM(A) + CAM(A), γ = β = 0
+    dual = randomize_(DualAttention(16, rd_ratio=1 / 2, cam_energy="official"))
+    xd = x.double() * 0.2
+    torch.testing.assert_close(dual(xd), dual.pam(xd) + dual.cam(xd))
+    assert PositionAttention(64).rd_channels == 8 and PositionAttention(64, rd_ratio=1).rd_channels == 64
+
+
+def test_gradcheck():
+    x = torch.randn(1, 4, 3, 2, dtype=torch.float64, requires_grad=True)
+    for block in (PositionAttention(4, rd_ratio=1 / 2), ChannelAttention(4), ChannelAttention(4, "official")):
+        assert torch.autograd.gradcheck(randomize_(block), (x,))
+
+
+def test_backward_and_bf16_autocast():
+    dual = DualAttention(16).train()
+    with torch.no_grad():
+        dual.pam.gamma.fill_(0.5)
+        dual.cam.gamma.fill_(0.5)
+    x = torch.randn(1, 16, 5, 7, requires_grad=True)
+    dual(x).square().sum().backward()
+    assert torch.isfinite(x.grad).all() and dual.pam.query.weight.grad.abs().sum() > 0
+    assert dual.cam.gamma.grad is not None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = dual(torch.randn(2, 16, 5, 7))
+    assert torch.isfinite(y).all() and y.shape == (2, 16, 5, 7)
+
+
+@pytest.mark.parametrize("factory, arg", [
+    (lambda: PositionAttention(4), "channels"),                         # 4 · 1/8 < 1
+    (lambda: PositionAttention(16, rd_ratio=0), "rd_ratio"),
+    (lambda: ChannelAttention(0), "channels"),
+    (lambda: ChannelAttention(8, cam_energy="max"), "cam_energy"),
+    (lambda: DualAttention(8, cam_energy=None), "cam_energy"),
+])
+def test_bad_arguments(factory, arg):
+    with pytest.raises(ValueError, match=arg):
+        factory()
+
+
+def test_bad_input():
+    for block in (PositionAttention(16), ChannelAttention(16), DualAttention(16)):
+        for bad in (torch.randn(16, 5, 5), torch.randn(1, 8, 5, 5)):
+            with pytest.raises(ValueError, match="x must"):
+                block(bad)

@@ -1,0 +1,410 @@
+"""Tests of nltutorial.nonlocal_block: the fast paths against the explicit N×N form, against an
+independent reference in the "Non-local_pytorch" checkpoint layout, gradients, validation."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from nltutorial.nonlocal_block import MODES, NonLocalBlock, relu_pairs_sorted
+
+DIMS = (1, 2, 3)
+SOFTMAX_MODES = ("gaussian", "embedded")
+#: tiny spatial sizes per dimension; odd sides exercise the flooring of the max-pooling
+SHAPES = {1: (7,), 2: (5, 6), 3: (3, 4, 5)}
+
+
+# --------------------------------------------------------------------------------------
+# An independent reference, written from the paper: the explicit N×N_s matrix, in the
+# state-dict layout of the popular "Non-local_pytorch" implementation.
+# --------------------------------------------------------------------------------------
+
+
+class LayoutReference(nn.Module):
+    """Plain non-local block: same submodule names as the popular layout, explicit pair matrix."""
+
+    def __init__(self, in_channels, inter_channels, dimension, mode, sub_sample, bn_layer, scale=1.0):
+        super().__init__()
+        conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dimension]
+        bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dimension]
+        pool = {1: nn.MaxPool1d(2), 2: nn.MaxPool2d((2, 2)), 3: nn.MaxPool3d((1, 2, 2))}[dimension]
+        self.mode, self.d, self.scale = mode, inter_channels, scale
+        self.g = conv(in_channels, inter_channels, 1)
+        if mode != "gaussian":
+            self.theta = conv(in_channels, inter_channels, 1)
+            self.phi = conv(in_channels, inter_channels, 1)
+        if sub_sample:
+            self.g = nn.Sequential(self.g, pool)
+            self.phi = nn.Sequential(self.phi, pool) if mode != "gaussian" else pool
+        if mode == "concatenation":
+            self.concat_project = nn.Sequential(nn.Conv2d(2 * inter_channels, 1, 1, bias=False), nn.ReLU())
+        self.W = nn.Sequential(conv(inter_channels, in_channels, 1), bn(in_channels)) if bn_layer \
+            else conv(inter_channels, in_channels, 1)
+
+    def forward(self, x):
+        B, C = x.shape[:2]
+        g_x = self.g(x).reshape(B, self.d, -1)                          # (B, d, Ns)
+        if self.mode == "gaussian":
+            th = x.reshape(B, C, -1)
+            ph = (self.phi(x) if hasattr(self, "phi") else x).reshape(B, C, -1)
+        else:
+            th = self.theta(x).reshape(B, self.d, -1)                   # (B, d, N)
+            ph = self.phi(x).reshape(B, self.d, -1)                     # (B, d, Ns)
+        N, Ns = th.shape[-1], ph.shape[-1]
+        if self.mode in SOFTMAX_MODES:
+            logits = torch.einsum("bci,bcj->bij", th, ph) * self.scale
+            e = torch.exp(logits - logits.amax(dim=-1, keepdim=True))
+            A = e / e.sum(dim=-1, keepdim=True)
+        elif self.mode == "dot":
+            A = torch.einsum("bci,bcj->bij", th, ph) / Ns
+        else:
+            pairs = torch.cat([th[:, :, :, None].repeat(1, 1, 1, Ns), ph[:, :, None, :].repeat(1, 1, N, 1)], 1)
+            A = self.concat_project(pairs)[:, 0] / Ns                   # (B, N, Ns)
+        y = torch.einsum("bij,bcj->bci", A, g_x).reshape(B, self.d, *x.shape[2:])
+        return self.W(y) + x
+
+
+def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights everywhere, BatchNorm statistics included, so W_z y is not zero."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                t.fill_(7)
+            elif name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+            elif t.is_floating_point():
+                t.copy_(torch.randn(t.shape, generator=gen) * 0.5)
+    return module.eval()
+
+
+def make_pair(dim, mode, sub_sample, bn_layer, C=6, d=3, dtype=torch.float64, **kwargs):
+    """(block, reference) with the reference's random weights loaded into the block, strict=True."""
+    scale = kwargs.get("attention_scale", 1.0)
+    if scale is None:
+        scale = 1 / math.sqrt(C if mode == "gaussian" else d)
+    ref = randomise(LayoutReference(C, d, dim, mode, sub_sample, bn_layer, scale)).to(dtype)
+    block = NonLocalBlock(C, d, dim, mode, sub_sample, bn_layer, **kwargs).to(dtype).eval()
+    block.load_state_dict(ref.state_dict(), strict=True)
+    return block, ref
+
+
+def rand_x(dim, B=2, C=6, dtype=torch.float64, seed=1, shape=None):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(B, C, *(shape or SHAPES[dim]), generator=gen, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------
+# Equivalence and checkpoints
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dim,mode,sub_sample,bn_layer", itertools.product(DIMS, MODES, (True, False), (True, False)))
+def test_fast_equals_naive_equals_reference(dim, mode, sub_sample, bn_layer):
+    block, ref = make_pair(dim, mode, sub_sample, bn_layer)
+    x = rand_x(dim)
+    with torch.no_grad():
+        expected = ref(x)
+        fast = block(x)
+        block.concat_algorithm = "chunked"  # the other fast path of "concatenation"
+        chunked = block(x)
+        block.implementation = "naive"
+        naive = block(x)
+    assert fast.shape == x.shape
+    assert (expected - x).abs().max() > 1e-3  # the block really does something
+    torch.testing.assert_close(naive, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fast, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(chunked, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dim,mode,sub_sample,bn_layer", itertools.product(DIMS, MODES, (True, False), (True, False)))
+def test_state_dict_layout(dim, mode, sub_sample, bn_layer):
+    block, ref = make_pair(dim, mode, sub_sample, bn_layer)
+    ours = {k: tuple(v.shape) for k, v in block.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    assert ours == theirs
+    prefix = "g.0." if sub_sample else "g."
+    assert prefix + "weight" in ours and prefix + "bias" in ours
+    assert ("W.1.running_var" in ours) == bn_layer and ("W.weight" in ours) == (not bn_layer)
+    assert ("theta.weight" in ours) == (mode != "gaussian")
+    assert not any(k.startswith("phi") for k in ours) or mode != "gaussian"
+    if mode == "concatenation":
+        assert ours["concat_project.0.weight"] == (1, 6, 1, 1)  # Conv2d on the pair grid, every dim
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_concat_project_weight_from_conv_nd_shape_loads(dim):
+    block, ref = make_pair(dim, "concatenation", True, True)
+    state = ref.state_dict()
+    state["concat_project.0.weight"] = state["concat_project.0.weight"].reshape(1, 6, *([1] * dim))
+    other = NonLocalBlock(6, 3, dim, "concatenation").double().eval()
+    other.load_state_dict(state, strict=True)
+    x = rand_x(dim)
+    torch.testing.assert_close(other(x), ref(x))
+
+
+@pytest.mark.parametrize("mode", SOFTMAX_MODES)
+def test_attention_scale_none_is_inverse_sqrt_d(mode):
+    block, ref = make_pair(2, mode, False, True, attention_scale=None)
+    x = rand_x(2)
+    torch.testing.assert_close(block(x), ref(x))
+    block2, ref2 = make_pair(2, mode, False, True, attention_scale=0.3)
+    torch.testing.assert_close(block2(x), ref2(x))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_large_inter_channels_matches_naive(mode):
+    torch.manual_seed(0)
+    block = randomise(NonLocalBlock(16, 512, 2, mode, sub_sample=False, concat_algorithm="chunked")).double()
+    x = torch.randn(2, 16, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        fast = block(x)
+        block.chunk_size = 5  # also the chunked path used when no fused kernel fits
+        chunked = block(x)
+        block.implementation = "naive"
+        naive = block(x)
+    torch.testing.assert_close(fast, naive)
+    torch.testing.assert_close(chunked, naive)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_chunked_fast_path_matches_reference(mode, chunk_size):
+    block, ref = make_pair(2, mode, False, True, chunk_size=chunk_size, concat_algorithm="chunked")
+    x = rand_x(2, shape=(3, 5))
+    torch.testing.assert_close(block(x), ref(x))
+
+
+def test_relu_pairs_sorted_with_ties():
+    """Integer-valued a, b: many a_i + b_j are exactly 0 and many b_j are equal."""
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randint(-3, 4, (2, 40, 1), generator=gen).double()
+    b = torch.randint(-3, 4, (2, 1, 30), generator=gen).double()
+    v = torch.randn(2, 30, 5, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(relu_pairs_sorted(a, b, v), torch.relu(a + b) @ v)
+    assert relu_pairs_sorted(a[:, :0], b, v).shape == (2, 0, 5)
+
+
+def test_relu_pairs_sorted_float32_accuracy():
+    gen = torch.Generator().manual_seed(4)
+    a, b = torch.randn(1, 4096, 1, generator=gen), torch.randn(1, 1, 4096, generator=gen)
+    v = torch.randn(1, 4096, 16, generator=gen)
+    exact = torch.relu(a.double() + b.double()) @ v.double()
+    torch.testing.assert_close(relu_pairs_sorted(a, b, v).double(), exact, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", [*MODES, "concatenation/chunked"])
+@pytest.mark.parametrize("implementation", ["fast", "naive"])
+def test_fast_path_saves_no_pair_matrix_for_backward(mode, implementation):
+    """What autograd keeps for the backward pass: O(N·d) tensors on the fast path, N×N naive."""
+    mode, _, algorithm = mode.partition("/")
+    block = NonLocalBlock(8, 4, 2, mode, sub_sample=False, implementation=implementation,
+                          chunk_size=32, concat_algorithm=algorithm or "sorted")
+    x = torch.randn(1, 8, 16, 16, requires_grad=True)
+    N = 16 * 16
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        z = block(x)
+    z.sum().backward()
+    if implementation == "fast":
+        assert max(sizes) <= 16 * N  # O(N·d): (N + 1)·2d at most, far below N·N
+    else:
+        assert max(sizes) >= N * N
+
+
+# --------------------------------------------------------------------------------------
+# Gradients
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dim,mode", itertools.product(DIMS, MODES))
+def test_gradcheck_fast_path(dim, mode):
+    block = randomise(NonLocalBlock(4, 2, dim, mode, sub_sample=dim != 1)).double()
+    shape = {1: (5,), 2: (4, 4), 3: (2, 4, 4)}[dim]
+    x = torch.randn(2, 4, *shape, dtype=torch.float64, requires_grad=True)
+    names = [n for n, p in block.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in block.parameters()]
+
+    def fn(x, *ps):
+        return functional_call(block, dict(zip(names, ps)), (x,))
+
+    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck_chunked_path(mode):
+    block = randomise(NonLocalBlock(4, 2, 2, mode, sub_sample=False, chunk_size=3,
+                                    concat_algorithm="chunked")).double()
+    x = torch.randn(1, 4, 2, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(block, (x,), eps=1e-6, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------
+# Initialisation, layouts and odd inputs
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dim,mode,bn_layer", itertools.product(DIMS, MODES, (True, False)))
+def test_identity_at_initialisation(dim, mode, bn_layer):
+    block = NonLocalBlock(6, dimension=dim, mode=mode, bn_layer=bn_layer)
+    x = rand_x(dim, dtype=torch.float32).requires_grad_()
+    for train in (True, False):
+        block.train(train)
+        z = block(x)
+        assert torch.equal(z, x)
+    z.sum().backward()  # ... and it can learn: W_z receives a gradient
+    last = block.W[1].weight if bn_layer else block.W.weight
+    assert last.grad is not None and last.grad.abs().sum() > 0
+    assert block.inter_channels == 3
+
+
+def test_inter_channels_default_at_least_one():
+    assert NonLocalBlock(1).inter_channels == 1
+    assert NonLocalBlock(64).inter_channels == 32
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_channels_last_noncontiguous_batch_one_odd_sizes(mode):
+    block, ref = make_pair(2, mode, True, True)
+    x = rand_x(2, B=1, shape=(7, 9))
+    expected = ref(x)
+    torch.testing.assert_close(block(x.to(memory_format=torch.channels_last)), expected)
+    x_t = rand_x(2, B=1, shape=(9, 7)).transpose(2, 3)  # non-contiguous view of shape (1, 6, 7, 9)
+    torch.testing.assert_close(block(x_t), ref(x_t.contiguous()))
+    block3, ref3 = make_pair(3, mode, True, True)
+    x3 = rand_x(3, B=1, shape=(3, 5, 7)).to(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(block3(x3), ref3(x3.contiguous()))
+    # odd sides floor: j runs over 3×4 positions of the 7×9 grid
+    _, attn = block(x, return_attention=True)
+    assert attn.shape == (1, 63, 12)
+
+
+# --------------------------------------------------------------------------------------
+# Attention maps
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dim,mode", itertools.product(DIMS, MODES))
+def test_return_attention(dim, mode):
+    block, ref = make_pair(dim, mode, True, True)
+    x = rand_x(dim)
+    z, attn = block(x, return_attention=True)
+    torch.testing.assert_close(z, ref(x))
+    N = math.prod(SHAPES[dim])
+    assert attn.shape[:2] == (2, N)
+    if mode in SOFTMAX_MODES:
+        torch.testing.assert_close(attn.sum(-1), torch.ones(2, N, dtype=attn.dtype))
+    if mode != "dot":
+        assert (attn >= 0).all()
+    block.max_attention_elements = attn.numel() - 1
+    with pytest.raises(ValueError, match="max_attention_elements"):
+        block(x, return_attention=True)
+    block(x)  # the plain forward is not limited
+
+
+# --------------------------------------------------------------------------------------
+# Mixed precision
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [*MODES, "concatenation/chunked"])
+@pytest.mark.parametrize("implementation", ["fast", "naive"])
+def test_autocast_bf16_large_inputs_finite(mode, implementation):
+    torch.manual_seed(0)
+    mode, _, algorithm = mode.partition("/")
+    block = randomise(NonLocalBlock(8, mode=mode, sub_sample=False, implementation=implementation,
+                                    concat_algorithm=algorithm or "sorted"))
+    block.train()
+    x = (100 * torch.randn(2, 8, 6, 6)).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = block(x)
+        z2, attn = block(x, return_attention=True)
+    assert torch.isfinite(z).all() and torch.isfinite(z2).all() and torch.isfinite(attn).all()
+    z.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in block.parameters() if p.grad is not None)
+
+
+# --------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(in_channels=0), "in_channels"),
+        (dict(in_channels=-3), "in_channels"),
+        (dict(in_channels=8, inter_channels=0), "inter_channels"),
+        (dict(in_channels=8, dimension=4), "dimension"),
+        (dict(in_channels=8, dimension=0), "dimension"),
+        (dict(in_channels=8, mode="softmax"), "mode"),
+        (dict(in_channels=8, implementation="slow"), "implementation"),
+        (dict(in_channels=8, attention_scale=0.0), "attention_scale"),
+        (dict(in_channels=8, mode="dot", attention_scale=None), "attention_scale"),
+        (dict(in_channels=8, chunk_size=0), "chunk_size"),
+        (dict(in_channels=8, max_attention_elements=0), "max_attention_elements"),
+        (dict(in_channels=8, mode="concatenation", concat_algorithm="fast"), "concat_algorithm"),
+    ],
+)
+def test_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        NonLocalBlock(**kwargs)
+
+
+def test_bad_inputs():
+    block = NonLocalBlock(64, dimension=2)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 64, H, W\) for dimension=2, got \(2, 32, 8, 8\)"):
+        block(torch.randn(2, 32, 8, 8))
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 64, H, W\) for dimension=2, got \(2, 64, 8\)"):
+        block(torch.randn(2, 64, 8))
+    with pytest.raises(ValueError, match=r"\(B, 64, T, H, W\) for dimension=3"):
+        NonLocalBlock(64, dimension=3)(torch.randn(2, 64, 8, 8))
+    with pytest.raises(ValueError, match=r"\(B, 64, T\) for dimension=1"):
+        NonLocalBlock(64, dimension=1)(torch.randn(2, 64, 8, 8))
+    with pytest.raises(ValueError, match="sub_sample"):
+        block(torch.randn(2, 64, 1, 8))
+    with pytest.raises(ValueError, match="implementation"):
+        block.implementation = "other"
+    NonLocalBlock(64, dimension=2, sub_sample=False).eval()(torch.randn(1, 64, 1, 1))  # one position is fine
+
+
+# --------------------------------------------------------------------------------------
+# CUDA (skipped on CPU-only machines)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("inter_channels", [64, 512])
+def test_cuda_fast_matches_naive(mode, inter_channels):
+    torch.manual_seed(0)
+    block = randomise(NonLocalBlock(2 * inter_channels, inter_channels, 2, mode, sub_sample=True)).cuda()
+    x = torch.randn(2, 2 * inter_channels, 16, 16, device="cuda", requires_grad=True)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        z = block(x)
+        z.sum().backward()
+        grad_fast = x.grad.clone()
+        x.grad = None
+        block.implementation = "naive"
+        z_naive = block(x)
+        z_naive.sum().backward()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    torch.testing.assert_close(z, z_naive, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grad_fast, x.grad, rtol=1e-3, atol=1e-3)
+    with torch.autocast("cuda", dtype=torch.float16):
+        block.implementation = "fast"
+        assert torch.isfinite(block(10 * x.detach())).all()
