@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -294,7 +295,7 @@ def main(argv=None) -> None:
 
     print(f"non-local block benchmark: torch {torch.__version__}, device {args.device}, "
           f"{torch.get_num_threads()} threads, dtype {args.dtype}, C={args.channels}, "
-          f"sub_sample={args.sub_sample}", flush=True)
+          f"sub_sample={args.sub_sample}, load average {os.getloadavg()[0]:.2f}", flush=True)
     results = []
     t_start = time.perf_counter()
     for case in grid(args):
@@ -305,7 +306,8 @@ def main(argv=None) -> None:
               f"{r['label']:<21} {r['implementation']:<5} {status}", file=sys.stderr, flush=True)
     print(table(results, args))
     print("\n".join(targets(results, args)))
-    print(f"total {time.perf_counter() - t_start:.0f} s")
+    print(f"total {time.perf_counter() - t_start:.0f} s; load average (1, 5, 15 min) at the end: "
+          + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -14,12 +14,14 @@ gcnet           GCNet's global context block
 local_relation  the local relation layer of LR-Net
 factory         create_attention(name, channels, **kwargs)
 plotting        small matplotlib helpers used by the chapters
+cost            parameters, FLOPs (with CPU attention) and peak memory of a module
 timing, verify  timing and the numerical checks the chapters print
 """
 
 from ._utils import make_divisible, reduced_channels
 from .bam import BAM
 from .cbam import CBAM, ChannelGate, SpatialGate
+from .cost import count_flops, count_parameters, peak_memory
 from .danet import ChannelAttention, DualAttention, PositionAttention
 from .factory import ATTENTION_NAMES, create_attention
 from .gcnet import ContextBlock
@@ -48,6 +50,8 @@ __all__ = [
     "SqueezeExcite",
     "add_gaussian_noise",
     "assert_close",
+    "count_flops",
+    "count_parameters",
     "create_attention",
     "lr_resnet_stage",
     "make_divisible",
@@ -55,6 +59,7 @@ __all__ = [
     "nl_means_weights",
     "patch_embeddings",
     "patch_kernel",
+    "peak_memory",
     "psnr",
     "reduced_channels",
     "sample_image",

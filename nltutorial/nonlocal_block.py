@@ -146,10 +146,31 @@ def _auto_chunk(batch: int, keys: int) -> int:
     return max(1, CHUNK_PAIRS // max(1, batch * keys))
 
 
+#: CPU training with fewer batch elements than threads: least query rows per "head" split.
+MIN_ROWS_PER_SPLIT = 256
+
+
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    # SDPA takes (batch, heads, L, E): one head. The fused kernels want a stride-1 last dim.
-    q, k, v = (t.unsqueeze(1).contiguous() for t in (q, k, v))
-    return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
+    """SDPA on (B, L, E) tensors: (B, N, dq), (B, Ns, dq), (B, Ns, dv) -> (B, N, dv).
+
+    SDPA takes (batch, heads, L, E) with a stride-1 last dim; we use one head. Except on
+    CPU when training with B below the thread count: PyTorch's CPU flash-attention backward
+    runs in parallel over batch × heads only, so a single long sequence (B = 1, video) would
+    use one core. There the queries are cut into ``split`` heads sharing k and v (an expanded
+    view, no copy). Exact: the softmax is over keys, separately for every query.
+    """
+    B, N, _ = q.shape
+    split = 1
+    if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        split = max(1, min(torch.get_num_threads() // B, N // MIN_ROWS_PER_SPLIT))
+    if split == 1:
+        q, k, v = (t.unsqueeze(1).contiguous() for t in (q, k, v))
+        return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
+    rows = -(-N // split)
+    q = F.pad(q, (0, 0, 0, rows * split - N)).reshape(B, split, rows, -1)  # zero rows: dropped below
+    k, v = (t.contiguous().unsqueeze(1).expand(B, split, *t.shape[1:]) for t in (k, v))  # (B, split, Ns, E)
+    y = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, split, rows, dv)
+    return y.reshape(B, split * rows, -1)[:, :N]
 
 
 def _fused_only():

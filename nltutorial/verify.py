@@ -17,10 +17,11 @@ def _as_numpy(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def assert_close(name: str, actual, expected, *, atol: float = 1e-5, rtol: float = 0.0) -> float:
-    """Check |actual − expected| ≤ atol + rtol·|expected| elementwise, print the verdict, return the max error.
+def assert_close(name: str, actual, expected, *, atol: float = 1e-5, rtol: float = 0.0) -> None:
+    """Check |actual − expected| ≤ atol + rtol·|expected| elementwise and print the verdict.
 
-    Raises AssertionError (with the largest difference) when the check fails.
+    Raises AssertionError (with the largest difference) when the check fails. Returns None,
+    so that a call ending a notebook cell displays nothing but the printed verdict.
     """
     a, b = _as_numpy(actual), _as_numpy(expected)
     if a.shape != b.shape:
@@ -32,4 +33,3 @@ def assert_close(name: str, actual, expected, *, atol: float = 1e-5, rtol: float
         raise AssertionError(f"{name}: max |difference| = {worst:.3e} exceeds atol={atol:g}, rtol={rtol:g}")
     tol = f"{atol:g}" if rtol == 0 else f"{atol:g} + {rtol:g}·|expected|"
     print(f"{name}: max |difference| ≤ {tol}  ✓")
-    return worst

@@ -222,6 +222,30 @@ def test_fast_path_saves_no_pair_matrix_for_backward(mode, implementation):
         assert max(sizes) >= N * N
 
 
+@pytest.mark.parametrize("mode", SOFTMAX_MODES)
+def test_query_split_over_threads_matches_reference(mode, monkeypatch):
+    """CPU training with B < threads cuts the queries into heads: same values and gradients."""
+    import nltutorial.nonlocal_block as nlb
+
+    monkeypatch.setattr(nlb, "MIN_ROWS_PER_SPLIT", 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        block, ref = make_pair(2, mode, False, True)
+        x = rand_x(2, B=1, shape=(3, 5)).requires_grad_()  # N = 15 rows: 3 heads of 5
+        assert torch.autograd.gradcheck(block, (x,), eps=1e-6, atol=1e-5)
+        z = block(x)
+        z_ref = ref(x)
+        torch.testing.assert_close(z, z_ref)
+        g = torch.randn_like(z)
+        grads = torch.autograd.grad(z, [x, *block.parameters()], g)
+        grads_ref = torch.autograd.grad(z_ref, [x, *ref.parameters()], g)
+        for a, b in zip(grads, grads_ref):
+            torch.testing.assert_close(a, b)
+    finally:
+        torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------------------
 # Gradients
 # --------------------------------------------------------------------------------------
