@@ -167,7 +167,7 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         q, k, v = (t.unsqueeze(1).contiguous() for t in (q, k, v))
         return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
     rows = -(-N // split)
-    q = F.pad(q, (0, 0, 0, rows * split - N)).reshape(B, split, rows, -1)  # zero rows: dropped below
+    q = F.pad(q, (0, 0, 0, rows * split - N)).reshape(B, split, rows, -1).contiguous()  # zero rows: dropped
     k, v = (t.contiguous().unsqueeze(1).expand(B, split, *t.shape[1:]) for t in (k, v))  # (B, split, Ns, E)
     y = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, split, rows, dv)
     return y.reshape(B, split * rows, -1)[:, :N]

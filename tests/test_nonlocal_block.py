@@ -13,6 +13,16 @@ from torch.func import functional_call
 
 from nltutorial.nonlocal_block import MODES, NonLocalBlock, relu_pairs_sorted
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny shapes gain nothing from threads, and lose a lot when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 DIMS = (1, 2, 3)
 SOFTMAX_MODES = ("gaussian", "embedded")
 #: tiny spatial sizes per dimension; odd sides exercise the flooring of the max-pooling
@@ -242,6 +252,13 @@ def test_query_split_over_threads_matches_reference(mode, monkeypatch):
         grads_ref = torch.autograd.grad(z_ref, [x, *ref.parameters()], g)
         for a, b in zip(grads, grads_ref):
             torch.testing.assert_close(a, b)
+        # ... and still no N×N matrix: the fused kernel needs a stride-1 last dim in every head
+        block = NonLocalBlock(8, 4, 2, mode, sub_sample=False)
+        x = torch.randn(1, 8, 16, 16, requires_grad=True)
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            block(x).sum().backward()
+        assert max(sizes) < 256 * 256 // 4  # k, v are saved as split-fold expanded views
     finally:
         torch.set_num_threads(threads)
 
