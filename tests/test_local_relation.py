@@ -65,6 +65,7 @@ def ref_local_relation(x, layer, kind):
     return y
 
 
+@pytest.mark.parametrize("implementation", ["shift", "unfold"])
 @pytest.mark.parametrize("kind", ["squared_difference", "absolute_difference", "product"])
 @pytest.mark.parametrize("in_ch, out_ch, k, stride, shape", [
     (8, 8, 3, 1, (2, 8, 5, 7)),
@@ -72,8 +73,9 @@ def ref_local_relation(x, layer, kind):
     (6, 8, 5, 2, (1, 6, 5, 7)),          # channel change (value projection) and stride
     (8, 4, 3, 3, (1, 8, 4, 7)),
 ])
-def test_matches_per_pixel_loop(kind, in_ch, out_ch, k, stride, shape):
-    layer = randomize_(LocalRelation2d(in_ch, out_ch, kernel_size=k, stride=stride, m=2, composability=kind))
+def test_matches_per_pixel_loop(kind, in_ch, out_ch, k, stride, shape, implementation):
+    layer = randomize_(LocalRelation2d(in_ch, out_ch, kernel_size=k, stride=stride, m=2, composability=kind,
+                                       implementation=implementation))
     x = torch.randn(shape, dtype=torch.float64) * 0.5
     y = layer(x)
     assert y.shape == (shape[0], out_ch, (shape[2] - 1) // stride + 1, (shape[3] - 1) // stride + 1)
@@ -155,6 +157,7 @@ def test_bottleneck_zero_init_and_training():
     (lambda: LocalRelation2d(0, 16), "in_channels"),
     (lambda: LocalRelation2d(16, 16, composability="cosine"), "composability"),
     (lambda: LocalRelation2d(16, 16, geometry_channels=0), "geometry_channels"),
+    (lambda: LocalRelation2d(16, 16, implementation="loop"), "implementation"),
     (lambda: LRBottleneck(64, 64, m=8, width=12), "width"),
     (lambda: LRBottleneck(64, 16, m=8), "width"),              # default width 16 // 4 = 4 < m
     (lambda: lr_resnet_stage(16, 32, blocks=0), "blocks"),
@@ -169,3 +172,121 @@ def test_bad_input():
         for bad in (torch.randn(16, 5, 5), torch.randn(1, 8, 5, 5)):
             with pytest.raises(ValueError, match="x must"):
                 block(bad)
+
+
+# ---- the two implementations: "shift" (default, loop over offsets, custom backward) and "unfold"
+
+def _outputs_and_grads(layer, x, grad_out, implementation):
+    layer.implementation = implementation
+    x = x.detach().clone().requires_grad_()
+    y = layer(x)
+    grads = torch.autograd.grad(y, [x, *layer.parameters()], grad_out)
+    return y, grads
+
+
+@pytest.mark.parametrize("kind", ["squared_difference", "absolute_difference", "product"])
+@pytest.mark.parametrize("in_ch, out_ch, k, stride, m, shape", [
+    (16, 16, 7, 1, 8, (2, 16, 9, 12)),
+    (16, 16, 7, 2, 4, (1, 16, 10, 11)),  # stride 2, even size
+    (8, 16, 5, 3, 4, (2, 8, 7, 8)),       # value projection, stride 3
+    (8, 8, 9, 1, 2, (1, 8, 3, 2)),        # window far larger than the image
+    (4, 4, 3, 2, 1, (1, 4, 1, 1)),        # a single pixel
+])
+def test_shift_equals_unfold_outputs_and_gradients(kind, in_ch, out_ch, k, stride, m, shape):
+    layer = randomize_(LocalRelation2d(in_ch, out_ch, kernel_size=k, stride=stride, m=m, composability=kind))
+    assert layer.implementation == "shift"                        # the default
+    x = torch.randn(shape, dtype=torch.float64)
+    out_shape = (shape[0], out_ch, (shape[2] - 1) // stride + 1, (shape[3] - 1) // stride + 1)
+    g = torch.randn(out_shape, dtype=torch.float64)
+    y1, grads1 = _outputs_and_grads(layer, x, g, "shift")
+    y2, grads2 = _outputs_and_grads(layer, x, g, "unfold")
+    assert y1.shape == out_shape
+    torch.testing.assert_close(y1, y2)
+    for a, b in zip(grads1, grads2):
+        torch.testing.assert_close(a, b)
+
+
+def test_shift_float32_matches_unfold():
+    layer = LocalRelation2d(32, 32, kernel_size=7, stride=2, m=8)
+    x = torch.randn(2, 32, 13, 11)
+    y1, grads1 = _outputs_and_grads(layer, x, torch.ones(2, 32, 7, 6), "shift")
+    y2, grads2 = _outputs_and_grads(layer, x, torch.ones(2, 32, 7, 6), "unfold")
+    assert y1.dtype == torch.float32
+    torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads1, grads2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["squared_difference", "absolute_difference", "product"])
+def test_shift_gradcheck(kind):
+    for in_ch, out_ch, stride in ((4, 4, 1), (2, 4, 2)):
+        layer = randomize_(LocalRelation2d(in_ch, out_ch, kernel_size=3, stride=stride, m=2, composability=kind))
+        x = torch.randn(2, in_ch, 4, 5, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(layer, (x,))
+
+
+def test_implementations_share_parameters_and_state_dict():
+    a = LocalRelation2d(16, 32, m=8, implementation="shift")
+    b = LocalRelation2d(16, 32, m=8, implementation="unfold")
+    assert a.state_dict().keys() == b.state_dict().keys()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 16, 6, 6)
+    torch.testing.assert_close(a(x), b(x), rtol=1e-5, atol=1e-5)
+    a.implementation = "nope"
+    with pytest.raises(ValueError, match="implementation"):
+        a(x)
+
+
+@pytest.mark.parametrize("implementation", ["shift", "unfold"])
+def test_bf16_autocast_both(implementation):
+    for in_ch in (16, 8):                                          # with and without value projection
+        layer = LocalRelation2d(in_ch, 16, kernel_size=7, m=8, implementation=implementation)
+        x = torch.randn(2, in_ch, 5, 7, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x)
+        assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+        torch.testing.assert_close(y.float(), layer._forward_unfold(x.detach()), rtol=0.05, atol=0.05)
+        y.float().square().sum().backward()
+        assert torch.isfinite(x.grad).all()
+
+
+def test_shift_is_memory_light():
+    """No k²-sized tensor: peak memory of inference and of a training step well below unfold's."""
+    from nltutorial.cost import peak_memory
+
+    C, H = 32, 24
+    layer = LocalRelation2d(C, C, kernel_size=7, m=8)
+    x = torch.randn(1, C, H, H)
+    image = x.numel() * x.element_size()
+    peak = {}
+    for impl in ("shift", "unfold"):
+        layer.implementation = impl
+        peak[impl] = peak_memory(layer, x)
+    assert peak["shift"] < 3 * image < peak["unfold"] / 10        # unfold: ≥ 49 images
+
+    def train_step(inp):
+        layer(inp).sum().backward()
+
+    for impl in ("shift", "unfold"):
+        layer.implementation = impl
+        layer.zero_grad(set_to_none=True)
+        peak[impl] = peak_memory(train_step, x.clone().requires_grad_())
+    assert peak["shift"] < 6 * image < peak["unfold"] / 10
+
+
+def test_shift_flops_count_the_aggregation_like_unfold():
+    """count_flops credits the shift operator with the FLOPs of the unfold path's einsum; with a
+    stride the shift path also saves the query projection at the skipped positions."""
+    from nltutorial.cost import count_flops
+
+    B, C, G, H, W = 2, 16, 4, 9, 8
+    x = torch.randn(B, C, H, W)
+    for stride in (1, 2):
+        layer = LocalRelation2d(C, C, kernel_size=5, stride=stride, m=4)
+        flops = {}
+        for impl in ("shift", "unfold"):
+            layer.implementation = impl
+            flops[impl] = count_flops(layer, x)
+        Ho, Wo = layer.output_size(H, W)
+        assert flops["shift"] > 2 * B * C * 25 * Ho * Wo                        # the aggregation is counted
+        assert flops["unfold"] - flops["shift"] == 2 * B * C * G * (H * W - Ho * Wo)
