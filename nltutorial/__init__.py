@@ -6,6 +6,7 @@ notebook shows the idea while the tested, fast code lives in the package.
 Modules
 -------
 images          test images, the Gaussian noise model, PSNR and SSIM
+data            CIFAR-10 (official python format, verified atomic download): nltutorial.data.cifar10
 nl_means        classical non-local means denoising (chapter 1)
 nonlocal_block  the non-local operation and block of Wang et al. (chapters 2-3)
 se, cbam, bam   channel and spatial gates (SE, CBAM, BAM)

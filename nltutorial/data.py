@@ -1,0 +1,443 @@
+"""CIFAR-10 for the experiments of the book, without torchvision.
+
+CIFAR-10 (Krizhevsky, 2009) holds 60 000 colour images of 32×32 pixels in 10 classes:
+50 000 for training (five batches of 10 000) and 10 000 for testing. The official
+"python version" is an archive, ``cifar-10-python.tar.gz``, that unpacks to a folder::
+
+    cifar-10-batches-py/
+        data_batch_1 .. data_batch_5    training batches
+        test_batch                      test batch
+        batches.meta                    label names
+
+Each batch is a pickled dict. Its ``data`` entry is a uint8 array of shape (n, 3072): one
+image per row, first the 1024 red values, then the 1024 green, then the 1024 blue, each
+plane a 32×32 image stored row by row. Its ``labels`` entry is a list of n ints in 0..9.
+So one row becomes an image by
+
+    row (3072,) → reshape (3, 32, 32)  [C, H, W] → transpose (1, 2, 0) → (32, 32, 3)  [H, W, C]
+
+This module reads that folder whatever the number of images per batch, so the offline
+subset of the project (1000 images per batch) reads exactly like the full data set.
+
+Where the data lives
+--------------------
+``root`` is, in this order: the ``root`` argument, the environment variable
+``NLTUTORIAL_DATA``, or ``~/.cache/nltutorial``. The images are read from
+``root/cifar-10-batches-py``. When that folder is missing and ``download=True`` the official
+archive is fetched from a list of mirrors (tried in order, each with a timeout), its md5 is
+checked while it streams in, and it is unpacked safely. A failure at any step leaves
+``root`` as it was: no partial archive, no temporary files, no half-extracted folder.
+
+Example
+-------
+>>> images, labels = cifar10(train=False)            # doctest: +SKIP
+>>> images.shape, images.dtype, labels.shape          # doctest: +SKIP
+((10000, 32, 32, 3), dtype('uint8'), (10000,))
+>>> x, y = cifar10_tensors(train=False)               # doctest: +SKIP
+>>> x.shape, x.dtype                                  # doctest: +SKIP
+(torch.Size([10000, 3, 32, 32]), torch.float32)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Sequence
+
+import numpy as np
+
+#: The ten classes, in label order (label k is ``CIFAR10_CLASSES[k]``).
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+#: Per-channel mean and standard deviation (RGB) of the 50 000 training images, in [0, 1].
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+#: The official archive and its md5 checksum.
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+
+#: Mirrors tried in order by default. Only the official host is listed: any copy works,
+#: since the md5 is checked, so pass your own with ``mirrors=[...]``.
+CIFAR10_MIRRORS = (CIFAR10_URL,)
+
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCHES = ("test_batch",)
+
+_CHUNK = 1 << 20  # bytes read per step while downloading (1 MiB)
+
+
+class DatasetDownloadError(RuntimeError):
+    """The data set could not be downloaded, verified or unpacked.
+
+    The message says what went wrong for each mirror and how to get the data by hand.
+    """
+
+
+class UnsafeArchiveError(DatasetDownloadError):
+    """The archive holds a member that would be written outside its folder (or a link)."""
+
+
+# --------------------------------------------------------------------------------------
+# Where the data lives
+# --------------------------------------------------------------------------------------
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data folder: ``root``, else ``$NLTUTORIAL_DATA``, else ``~/.cache/nltutorial``."""
+    if root is None:
+        root = os.environ.get("NLTUTORIAL_DATA") or Path("~") / ".cache" / "nltutorial"
+    return Path(root).expanduser()
+
+
+def _manual_instructions(root: Path, md5: str) -> str:
+    return (
+        f"download {CIFAR10_URL} (md5 {md5}) and either place it at "
+        f"{root / CIFAR10_ARCHIVE} (it is then verified and unpacked) or unpack it there so that "
+        f"{root / CIFAR10_FOLDER} exists; or set NLTUTORIAL_DATA (or pass root=) to a folder that "
+        f"already holds {CIFAR10_FOLDER}/, such as the project's offline subset "
+        f"shared/data/cifar-10-subset."
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Reading the python-format batches
+# --------------------------------------------------------------------------------------
+
+
+def _entry(batch: dict, key: str):
+    """``batch[key]`` whether the pickle stored the key as str or as bytes."""
+    if key in batch:
+        return batch[key]
+    if key.encode() in batch:
+        return batch[key.encode()]
+    raise KeyError(key)
+
+
+def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read one pickled batch: images (n, 32, 32, 3) uint8 HWC and labels (n,) int64."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="latin1")
+    try:
+        data = np.asarray(_entry(batch, "data"), dtype=np.uint8)  # (n, 3072)
+        labels = np.asarray(_entry(batch, "labels"), dtype=np.int64)  # (n,)
+    except KeyError as err:
+        raise ValueError(f"{path}: not a CIFAR-10 batch (no {err.args[0]!r} entry)") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
+        raise ValueError(
+            f"{path}: expected data (n, 3072) and labels (n,), got {data.shape} and {labels.shape}"
+        )
+    # (n, 3072) → (n, 3, 32, 32) [C, H, W] → (n, 32, 32, 3) [H, W, C]
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def load_cifar10_folder(folder: str | os.PathLike, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``cifar-10-batches-py`` itself: the five training batches or the test batch."""
+    folder = Path(folder)
+    parts = [read_batch(folder / name) for name in (TRAIN_BATCHES if train else TEST_BATCHES)]
+    images = np.concatenate([p[0] for p in parts])  # (N, 32, 32, 3) uint8
+    labels = np.concatenate([p[1] for p in parts])  # (N,) int64
+    return images, labels
+
+
+# --------------------------------------------------------------------------------------
+# Download, verify, unpack
+# --------------------------------------------------------------------------------------
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a folder tree if it exists; never raise."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass
+
+
+def _md5():
+    return hashlib.md5(usedforsecurity=False)  # a checksum, not security (FIPS-safe)
+
+
+def _file_md5(path: Path) -> str:
+    digest = _md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fetch(url: str, destination: Path, md5: str, timeout: float) -> None:
+    """Stream ``url`` into a temporary file next to ``destination``, check md5, move in place.
+
+    Raises OSError/URLError on network trouble and DatasetDownloadError on a checksum
+    mismatch; in every case the temporary file is removed.
+    """
+    fd, tmp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        digest = _md5()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            while True:
+                chunk = response.read(_CHUNK)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != md5.lower():
+            raise DatasetDownloadError(f"md5 mismatch: expected {md5}, got {digest.hexdigest()}")
+        os.replace(tmp, destination)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _check_member(member: tarfile.TarInfo) -> PurePosixPath:
+    """The member's path, relative and inside ``cifar-10-batches-py``; else UnsafeArchiveError."""
+    name = member.name.replace("\\", "/")
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeArchiveError(f"archive member {member.name!r} has an absolute path")
+    if ".." in path.parts:
+        raise UnsafeArchiveError(f"archive member {member.name!r} points outside the archive ('..')")
+    if not (member.isfile() or member.isdir()):
+        raise UnsafeArchiveError(f"archive member {member.name!r} is a link or a special file")
+    parts = [p for p in path.parts if p != "."]
+    if not parts or parts[0] != CIFAR10_FOLDER:
+        raise UnsafeArchiveError(f"archive member {member.name!r} is not under {CIFAR10_FOLDER}/")
+    return PurePosixPath(*parts)
+
+
+def extract_archive(archive: str | os.PathLike, root: str | os.PathLike) -> Path:
+    """Unpack the CIFAR-10 archive safely into ``root`` and return ``root/cifar-10-batches-py``.
+
+    Every member is checked before anything is written: it must be a plain file or folder
+    under ``cifar-10-batches-py/`` with a relative path and no ``..``. The files are written
+    into a temporary folder inside ``root``, which is renamed into place once complete;
+    on any failure the temporary folder is removed.
+    """
+    archive, root = Path(archive), Path(root)
+    target = root / CIFAR10_FOLDER
+    tmp_dir = Path(tempfile.mkdtemp(dir=root, prefix=".cifar-10-extract."))
+    try:
+        try:
+            with tarfile.open(archive, "r:*") as tar:
+                members = tar.getmembers()
+                paths = [_check_member(m) for m in members]  # all checked before any write
+                for member, rel in zip(members, paths):
+                    out = tmp_dir.joinpath(*rel.parts)
+                    if member.isdir():
+                        out.mkdir(parents=True, exist_ok=True)
+                        continue
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(member) as src, open(out, "wb") as dst:
+                        shutil.copyfileobj(src, dst, _CHUNK)
+        except (tarfile.TarError, EOFError) as err:
+            raise DatasetDownloadError(f"{archive} is not a readable tar archive: {err}") from err
+        if not (tmp_dir / CIFAR10_FOLDER).is_dir():
+            raise DatasetDownloadError(f"{archive} holds no {CIFAR10_FOLDER}/ folder")
+        try:
+            os.replace(tmp_dir / CIFAR10_FOLDER, target)
+        except OSError:
+            if not target.is_dir():  # someone else unpacked it meanwhile: fine
+                raise
+    finally:
+        _remove(tmp_dir)
+    return target
+
+
+def download_cifar10(
+    root: str | os.PathLike | None = None,
+    mirrors: Iterable[str] | str | None = None,
+    *,
+    md5: str = CIFAR10_MD5,
+    timeout: float = 30.0,
+) -> Path:
+    """Make sure ``root/cifar-10-batches-py`` exists, downloading it if needed; return it.
+
+    An archive already at ``root/cifar-10-python.tar.gz`` (downloaded by hand, say) is
+    verified and unpacked without touching the network. Otherwise each mirror is tried in
+    order, with ``timeout`` seconds per network operation, until one gives an archive whose
+    md5 is ``md5``. The archive stays in ``root`` next to the unpacked folder.
+
+    Raises DatasetDownloadError (a RuntimeError) listing what went wrong and how to get the
+    data by hand; ``root`` is then left as it was.
+    """
+    root = data_root(root)
+    target = root / CIFAR10_FOLDER
+    if target.is_dir():
+        return target
+    if mirrors is None:
+        mirrors = CIFAR10_MIRRORS
+    elif isinstance(mirrors, str):
+        mirrors = [mirrors]
+    mirrors = list(mirrors)
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / CIFAR10_ARCHIVE
+
+    if archive.is_file():  # placed by hand: verify it, never delete it
+        actual = _file_md5(archive)
+        if actual != md5.lower():
+            raise DatasetDownloadError(
+                f"{archive} has md5 {actual}, expected {md5}: it is incomplete or not the "
+                f"CIFAR-10 python archive. Remove it and try again, or "
+                + _manual_instructions(root, md5)
+            )
+        return extract_archive(archive, root)
+
+    failures = []
+    for url in mirrors:
+        try:
+            _fetch(url, archive, md5, timeout)
+        except Exception as err:
+            # URLError/OSError: refused connection, timeout, HTTP 404...; ValueError: a bad URL;
+            # http.client.HTTPException: a broken reply; DatasetDownloadError: md5 mismatch.
+            failures.append(f"  {url}: {err or type(err).__name__}")
+            continue
+        try:
+            return extract_archive(archive, root)
+        except BaseException:
+            _remove(archive)  # downloaded by this call: leave root as it was
+            raise
+    tried = "\n".join(failures) if failures else "  (no mirrors given)"
+    raise DatasetDownloadError(
+        f"Could not download CIFAR-10 into {root}. Mirrors tried:\n{tried}\n"
+        "Check the network or pass other mirrors=[...], or get the data by hand: "
+        + _manual_instructions(root, md5)
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The public loaders
+# --------------------------------------------------------------------------------------
+
+
+def cifar10(
+    root: str | os.PathLike | None = None,
+    train: bool = True,
+    download: bool = True,
+    mirrors: Iterable[str] | str | None = None,
+    *,
+    md5: str = CIFAR10_MD5,
+    timeout: float = 30.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 as NumPy arrays.
+
+    Parameters
+    ----------
+    root : folder holding ``cifar-10-batches-py`` (default ``$NLTUTORIAL_DATA`` or
+        ``~/.cache/nltutorial``).
+    train : the five training batches (True) or the test batch (False).
+    download : fetch the official archive when the folder is missing; with False a missing
+        folder raises FileNotFoundError.
+    mirrors : URLs of ``cifar-10-python.tar.gz`` tried in order (default ``CIFAR10_MIRRORS``).
+    md5 : expected md5 of the archive (the official one by default).
+    timeout : seconds allowed per network operation, for each mirror.
+
+    Returns
+    -------
+    images : (N, 32, 32, 3) uint8, HWC, RGB.
+    labels : (N,) int64 in 0..9; ``CIFAR10_CLASSES[label]`` names the class.
+    """
+    root = data_root(root)
+    folder = root / CIFAR10_FOLDER
+    if not folder.is_dir():
+        if not download:
+            raise FileNotFoundError(
+                f"CIFAR-10 folder not found: {folder}. Call with download=True, or "
+                + _manual_instructions(root, md5)
+            )
+        folder = download_cifar10(root, mirrors, md5=md5, timeout=timeout)
+    return load_cifar10_folder(folder, train=train)
+
+
+def normalize(images, mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD):
+    """uint8 HWC images (N, 32, 32, 3) → float32 tensor (N, 3, 32, 32), (x/255 - mean) / std."""
+    import torch
+
+    x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)  # (1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)  # (1, 3, 1, 1)
+    return ((x - mean_t) / std_t).contiguous()
+
+
+def denormalize(x, mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD):
+    """Undo ``normalize``: float tensor (N, 3, H, W) → (N, 3, H, W) in [0, 1] (for plotting)."""
+    import torch
+
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x * std_t + mean_t).clamp(0.0, 1.0)
+
+
+def cifar10_tensors(
+    root: str | os.PathLike | None = None,
+    train: bool = True,
+    download: bool = True,
+    mirrors: Iterable[str] | str | None = None,
+    *,
+    md5: str = CIFAR10_MD5,
+    timeout: float = 30.0,
+    normalized: bool = True,
+):
+    """CIFAR-10 as PyTorch tensors, ready for ``torch.utils.data.TensorDataset(x, y)``.
+
+    Returns
+    -------
+    x : (N, 3, 32, 32) float32; with ``normalized=True`` (default) standardised per channel
+        with ``CIFAR10_MEAN`` / ``CIFAR10_STD``, otherwise in [0, 1].
+    y : (N,) int64 labels.
+    """
+    import torch
+
+    images, labels = cifar10(root, train=train, download=download, mirrors=mirrors, md5=md5, timeout=timeout)
+    if normalized:
+        x = normalize(images)
+    else:
+        x = normalize(images, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    return x, torch.from_numpy(labels)
+
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "CIFAR10_MD5",
+    "CIFAR10_MEAN",
+    "CIFAR10_MIRRORS",
+    "CIFAR10_STD",
+    "CIFAR10_URL",
+    "DatasetDownloadError",
+    "UnsafeArchiveError",
+    "cifar10",
+    "cifar10_tensors",
+    "data_root",
+    "denormalize",
+    "download_cifar10",
+    "extract_archive",
+    "load_cifar10_folder",
+    "normalize",
+    "read_batch",
+]
