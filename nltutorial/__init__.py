@@ -9,6 +9,7 @@ images          test images, the Gaussian noise model, PSNR and SSIM
 data            CIFAR-10 (official python format, verified atomic download): nltutorial.data.cifar10
 loader          DeviceLoader: the whole data set on the device, crop and flip there
 models          CIFAR ResNet-20/56/18 with plug-in attention (cifar_resnet)
+engine, train   the training loop and its CLI: python -m nltutorial.train --help
 nl_means        classical non-local means denoising (chapter 1)
 nonlocal_block  the non-local operation and block of Wang et al. (chapters 2-3)
 se, cbam, bam   channel and spatial gates (SE, CBAM, BAM)

@@ -1,0 +1,221 @@
+"""The training command line (nltutorial.train) and engine: files, exact resume, signals, flags."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nltutorial import engine
+from nltutorial import train as T
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBSET = ROOT.parent / "shared" / "data" / "cifar-10-subset"
+needs_data = pytest.mark.skipif(not (SUBSET / "cifar-10-batches-py").is_dir(),
+                                reason=f"offline CIFAR-10 subset missing: {SUBSET}")
+
+TIMING = ("epoch_seconds", "images_per_second")
+SUMMARY_KEYS = ("test_accuracy", "params", "flops", "images_per_second", "wall_seconds", "device",
+                "torch", "commit", "command", "data")
+
+
+def tiny(out, *extra, epochs=2):
+    return ["--data-dir", str(SUBSET), "--model", "resnet20", "--train-subset", "256",
+            "--test-subset", "128", "--epochs", str(epochs), "--batch-size", "64", "--device", "cpu",
+            "--seed", "3", "--no-progress", "--out", str(out), *extra]
+
+
+def run(argv):
+    return T.train(T.parse_args(argv), argv)
+
+
+def metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def strip_timing(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 2-epoch run, shared by the tests that compare against it."""
+    out = tmp_path_factory.mktemp("reference")
+    summary = run(tiny(out))
+    return out, summary
+
+
+@needs_data
+def test_tiny_run_writes_metrics_summary_checkpoint(reference):
+    out, summary = reference
+    rows = metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert set(T.METRIC_KEYS) <= set(r)
+        assert 0.0 <= r["train_accuracy"] <= 1.0 and 0.0 <= r["test_accuracy"] <= 1.0
+        assert r["images_per_second"] > 0 and r["epoch_seconds"] > 0
+    saved = json.loads((out / "summary.json").read_text())
+    assert set(SUMMARY_KEYS) <= set(saved)
+    assert 0.0 <= saved["test_accuracy"] <= 1.0
+    assert saved["test_accuracy"] == rows[-1]["test_accuracy"] == summary["test_accuracy"]
+    assert saved["params"] == 269_722 and saved["flops"] > 0
+    assert saved["data"]["train_images"] == 256 and saved["data"]["test_images"] == 128
+    assert saved["data"]["root"] == str(SUBSET)
+    assert saved["device"] == "cpu" and saved["torch"] == torch.__version__
+    assert "nltutorial.train" in saved["command"] and "--train-subset 256" in saved["command"]
+    ckpt = engine.load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["epoch"] == 2 and ckpt["epoch_state"] is None
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "loader"} <= set(ckpt)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+@needs_data
+def test_resume_at_epoch_boundary_is_exact(reference, tmp_path):
+    ref, _ = reference
+    assert run(tiny(tmp_path, "--stop-after", "1"))["epochs_done"] == 1
+    assert len(metrics(tmp_path)) == 1
+    run(tiny(tmp_path, "--resume"))
+    assert strip_timing(metrics(tmp_path)) == strip_timing(metrics(ref))
+    a = engine.load_checkpoint(ref / "checkpoint.pt")["model"]
+    b = engine.load_checkpoint(tmp_path / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _StopAfterPolls(engine.StopOnSignal):
+    """A StopOnSignal that 'receives' SIGTERM at its third poll (i.e. after step 3 of epoch 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.polls = 0
+
+    @property
+    def requested(self):
+        self.polls += 1
+        if self.polls >= 3:
+            self.signum = signal.SIGTERM
+        return self.signum is not None
+
+
+@needs_data
+def test_resume_mid_epoch_is_exact(reference, tmp_path, monkeypatch):
+    ref, _ = reference
+    with monkeypatch.context() as m:
+        m.setattr(engine, "StopOnSignal", _StopAfterPolls)
+        with pytest.raises(engine.TrainingInterrupted) as info:
+            run(tiny(tmp_path))
+    assert info.value.exit_code == 128 + signal.SIGTERM
+    ckpt = engine.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["epoch"] == 0 and ckpt["epoch_state"]["step"] == 3
+    run(tiny(tmp_path, "--resume"))
+    assert strip_timing(metrics(tmp_path)) == strip_timing(metrics(ref))
+
+
+@needs_data
+def test_attention_variant_runs(tmp_path):
+    summary = run(tiny(tmp_path, "--attention", "se", "--schedule", "cosine", epochs=1))
+    assert summary["epochs_done"] == 1 and 0.0 <= summary["test_accuracy"] <= 1.0
+    assert summary["params"] > 269_722
+
+
+@needs_data
+def test_sigterm_writes_loadable_checkpoint(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "nltutorial.train", *tiny(tmp_path, epochs=200)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpt_path = tmp_path / "checkpoint.pt"
+    try:
+        deadline = time.monotonic() + 60
+        while not ckpt_path.exists():
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "no checkpoint after 60 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "SIGTERM" in output
+    ckpt = engine.load_checkpoint(ckpt_path)
+    assert 1 <= ckpt["epoch"] < 200
+    assert len(metrics(tmp_path)) == ckpt["epoch"]
+    model = T.cifar_resnet("resnet20")
+    model.load_state_dict(ckpt["model"])
+
+
+@pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "-1"), ("--lr", "-0.1"),
+                                         ("--label-smoothing", "1.5"), ("--model", "vgg"),
+                                         ("--attention", "xyz"), ("--amp", "fp8"),
+                                         ("--schedule", "step"), ("--stop-after", "5")])
+def test_bad_flags_are_named(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        T.main(tiny(tmp_path, flag, value))
+    assert info.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_validate_raises_value_error_naming_flag(tmp_path):
+    args = T.build_parser().parse_args(tiny(tmp_path, "--lr", "0"))
+    with pytest.raises(ValueError, match="--lr"):
+        T.train(args)
+    if not torch.cuda.is_available():
+        args = T.build_parser().parse_args(tiny(tmp_path, "--amp", "fp16"))
+        with pytest.raises(ValueError, match="--amp"):
+            T.validate(args)
+
+
+@needs_data
+def test_existing_checkpoint_needs_resume_and_matching_options(reference, tmp_path):
+    ref, _ = reference
+    with pytest.raises(ValueError, match="--resume"):
+        run(tiny(ref))
+    with pytest.raises(ValueError, match="--seed"):
+        run(tiny(ref, "--resume", "--seed", "4"))
+
+
+def test_param_groups_skip_decay_on_bn_and_bias():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    decay, no_decay = engine.param_groups(model, 5e-4)
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and len(decay["params"]) == 2
+    assert all(p.ndim <= 1 for p in no_decay["params"]) and len(no_decay["params"]) == 4
+
+
+def test_atomic_save_replaces_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "c.pt"
+    engine.atomic_save({"a": 1}, path)
+    engine.atomic_save({"a": 2}, path)
+    assert engine.load_checkpoint(path) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def _torchrun(out, *extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    argv = tiny(out, *extra)
+    argv[argv.index("--batch-size") + 1] = "32"  # per process: 2 x 32 = the global batch of 64
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "nltutorial.train", *argv]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@needs_data
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_ddp_two_cpu_processes_resume_exactly(tmp_path):
+    _torchrun(tmp_path / "full")
+    rows = metrics(tmp_path / "full")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["data"]["train_images"] == 256
+    _torchrun(tmp_path / "cut", "--stop-after", "1")
+    _torchrun(tmp_path / "cut", "--resume")
+    assert strip_timing(metrics(tmp_path / "cut")) == strip_timing(rows)
