@@ -37,36 +37,21 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ._utils import LayerSpec, check_image, check_odd, create_layer, reduced_channels
+from ._utils import LayerSpec, check_image, check_odd, create_layer
+from .se import SqueezeExcite
 
 __all__ = ["CBAM", "ChannelGate", "SpatialGate"]
 
 SPATIAL_ORDERS = ("avg_max", "max_avg")
 
 
-class ChannelGate(nn.Module):
+class ChannelGate(SqueezeExcite):
     r"""Channel attention of CBAM (eq. 2): F' = σ(MLP(AvgPool(F)) + MLP(MaxPool(F))) ⊗ F.
 
-    Args:
-        channels: C.
-        rd_ratio, rd_divisor, rd_channels: hidden width C/r of the shared MLP (r = 16).
-        act_layer: the MLP's hidden activation δ (ReLU).
-        gate_layer: σ (sigmoid).
+    The same shared MLP as SE (fc1 = W_0, fc2 = W_1, hidden width C/r, r = 16), fed with the
+    max-pooled descriptor as well as the average-pooled one; arguments as for
+    :class:`~nltutorial.se.SqueezeExcite`.
     """
-
-    def __init__(self, channels: int, rd_ratio: float = 1 / 16, rd_divisor: int = 1,
-                 rd_channels: Optional[int] = None, act_layer: LayerSpec = nn.ReLU,
-                 gate_layer: LayerSpec = nn.Sigmoid) -> None:
-        super().__init__()
-        rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels)
-        self.channels, self.rd_channels = channels, rd
-        self.fc1 = nn.Conv2d(channels, rd, kernel_size=1, bias=True)   # W_0 (shared)
-        self.act = create_layer("act_layer", act_layer)
-        self.fc2 = nn.Conv2d(rd, channels, kernel_size=1, bias=True)   # W_1 (shared)
-        self.gate = create_layer("gate_layer", gate_layer)
-
-    def mlp(self, z: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(z)))
 
     def attention(self, x: Tensor) -> Tensor:
         """M_c(x), shape (B, C, 1, 1)."""
@@ -74,12 +59,6 @@ class ChannelGate(nn.Module):
         mx = x.amax(dim=(2, 3), keepdim=True)       # (B, C, 1, 1) F^c_max
         return self.gate(self.mlp(avg) + self.mlp(mx))
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_image(x, self.channels)
-        return x * self.attention(x)
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, rd_channels={self.rd_channels}"
 
 
 class SpatialGate(nn.Module):

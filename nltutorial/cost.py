@@ -61,8 +61,7 @@ def _custom_flop_formulas() -> dict:
     return {} if op is None else {op: _sdpa_cpu_flops}
 
 
-def _call(fn: Union[nn.Module, Callable[..., Any]], args, kwargs):
-    return fn(*args, **kwargs)
+
 
 
 def count_flops(fn: Union[nn.Module, Callable[..., Any]], *args, **kwargs) -> int:
@@ -75,7 +74,7 @@ def count_flops(fn: Union[nn.Module, Callable[..., Any]], *args, **kwargs) -> in
     needs_grad = any(isinstance(a, torch.Tensor) and a.requires_grad for a in tree_flatten((args, kwargs))[0])
     counter = FlopCounterMode(display=False, custom_mapping=_custom_flop_formulas())
     with counter, (torch.enable_grad() if needs_grad else torch.inference_mode()):
-        _call(fn, args, kwargs)
+        fn(*args, **kwargs)
     return int(counter.get_total_flops())
 
 
@@ -124,6 +123,6 @@ def peak_memory(fn: Union[nn.Module, Callable[..., Any]], *args, **kwargs) -> in
     needs_grad = any(isinstance(a, torch.Tensor) and a.requires_grad for a in tree_flatten((args, kwargs))[0])
     tracker = _StorageTracker()
     with tracker, (torch.enable_grad() if needs_grad else torch.inference_mode()):
-        out = _call(fn, args, kwargs)
+        out = fn(*args, **kwargs)
     del out
     return tracker.peak

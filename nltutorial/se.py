@@ -48,10 +48,14 @@ class SqueezeExcite(nn.Module):
         self.fc2 = nn.Conv2d(rd, channels, kernel_size=1, bias=True)   # W_2
         self.gate = create_layer("gate_layer", gate_layer)               # σ
 
+    def mlp(self, z: Tensor) -> Tensor:
+        """The bottleneck W_2 δ(W_1 z): (B, C, 1, 1) -> (B, C, 1, 1)."""
+        return self.fc2(self.act(self.fc1(z)))
+
     def attention(self, x: Tensor) -> Tensor:
         """The channel gate s of eq. (3), shape (B, C, 1, 1)."""
         z = x.mean(dim=(2, 3), keepdim=True)                  # (B, C, 1, 1) squeeze
-        return self.gate(self.fc2(self.act(self.fc1(z))))     # (B, C, 1, 1) excitation
+        return self.gate(self.mlp(z))                         # (B, C, 1, 1) excitation
 
     def forward(self, x: Tensor) -> Tensor:
         check_image(x, self.channels)

@@ -112,7 +112,15 @@ def test_forward_backward(attention):
 
 def test_forward_backward_resnet18_nl():
     model = resnet18_cifar(attention="nl").train()
-    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    logits = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10)
+    logits.sum().backward()
+    blocks = model.nl_blocks()
+    assert blocks, "resnet18_cifar(attention='nl') placed no non-local block"
+    for block in blocks:  # the zero-initialised BN after W gets a gradient at the first step
+        grads = [p.grad for p in block.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        assert any(g.abs().sum() > 0 for g in grads)
 
 
 @pytest.mark.parametrize("attention", ["nl", "danet", "gc", "pam", "cam"])
