@@ -152,10 +152,29 @@ def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(images), labels
 
 
-def load_cifar10_folder(folder: str | os.PathLike, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``cifar-10-batches-py`` itself: the five training batches or the test batch."""
+def _check_per_batch(per_batch) -> None:
+    if per_batch is not None and (isinstance(per_batch, bool) or not isinstance(per_batch, int) or per_batch < 1):
+        raise ValueError(f"per_batch must be a positive int or None, got {per_batch!r}")
+
+
+def load_cifar10_folder(
+    folder: str | os.PathLike, train: bool = True, per_batch: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``cifar-10-batches-py`` itself: the five training batches or the test batch.
+
+    ``per_batch=n`` keeps the first n images of every batch file: with n = 1000 the full data
+    set and the project's offline subset give the same 5000 training and 1000 test images.
+    """
+    _check_per_batch(per_batch)
     folder = Path(folder)
     parts = [read_batch(folder / name) for name in (TRAIN_BATCHES if train else TEST_BATCHES)]
+    if per_batch is not None:
+        short = [(name, len(p[1])) for name, p in zip(TRAIN_BATCHES if train else TEST_BATCHES, parts)
+                 if len(p[1]) < per_batch]
+        if short:
+            raise ValueError(f"per_batch={per_batch} but {folder / short[0][0]} holds only "
+                             f"{short[0][1]} images")
+        parts = [(p[0][:per_batch], p[1][:per_batch]) for p in parts]
     images = np.concatenate([p[0] for p in parts])  # (N, 32, 32, 3) uint8
     labels = np.concatenate([p[1] for p in parts])  # (N,) int64
     return images, labels
@@ -344,6 +363,7 @@ def cifar10(
     *,
     md5: str = CIFAR10_MD5,
     timeout: float = 30.0,
+    per_batch: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 as NumPy arrays.
 
@@ -357,12 +377,15 @@ def cifar10(
     mirrors : URLs of ``cifar-10-python.tar.gz`` tried in order (default ``CIFAR10_MIRRORS``).
     md5 : expected md5 of the archive (the official one by default).
     timeout : seconds allowed per network operation, for each mirror.
+    per_batch : keep only the first ``per_batch`` images of every batch file (1000 gives the
+        offline subset's images, whether the full set or the subset is on disk).
 
     Returns
     -------
     images : (N, 32, 32, 3) uint8, HWC, RGB.
     labels : (N,) int64 in 0..9; ``CIFAR10_CLASSES[label]`` names the class.
     """
+    _check_per_batch(per_batch)
     root = data_root(root)
     folder = root / CIFAR10_FOLDER
     if not folder.is_dir():
@@ -372,7 +395,7 @@ def cifar10(
                 + _manual_instructions(root, md5)
             )
         folder = download_cifar10(root, mirrors, md5=md5, timeout=timeout)
-    return load_cifar10_folder(folder, train=train)
+    return load_cifar10_folder(folder, train=train, per_batch=per_batch)
 
 
 def normalize(images, mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD):
@@ -403,6 +426,7 @@ def cifar10_tensors(
     md5: str = CIFAR10_MD5,
     timeout: float = 30.0,
     normalized: bool = True,
+    per_batch: int | None = None,
 ):
     """CIFAR-10 as PyTorch tensors, ready for ``torch.utils.data.TensorDataset(x, y)``.
 
@@ -414,7 +438,8 @@ def cifar10_tensors(
     """
     import torch
 
-    images, labels = cifar10(root, train=train, download=download, mirrors=mirrors, md5=md5, timeout=timeout)
+    images, labels = cifar10(root, train=train, download=download, mirrors=mirrors, md5=md5, timeout=timeout,
+                             per_batch=per_batch)
     if normalized:
         x = normalize(images)
     else:

@@ -14,6 +14,8 @@ Outputs in ``--out DIR``:
                    seconds, this rank's share times the number of ranks).
 ``summary.json``   at the end: test_accuracy, params, flops (forward, per image), throughput,
                    wall_seconds, device, torch, commit, command, data and all options.
+``model.pt``       at the end: the trained weights alone (``model.state_dict()``), to load
+                   with ``cifar_resnet(model, attention=...).load_state_dict(torch.load(...))``.
 ``checkpoint.pt``  after every epoch (atomically: temporary file + ``os.replace``), and
                    mid-epoch on SIGTERM/SIGINT: model, optimizer, scheduler, grad scaler,
                    epochs done, step in the epoch, running sums, RNG states, loader state.
@@ -65,6 +67,7 @@ MODELS = ("resnet20", "resnet56", "resnet18")
 ATTENTIONS = ("none", "se", "cbam", "bam", "gc", "nl", "danet")
 AMPS = ("bf16", "fp16", "off")
 CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 METRIC_KEYS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr",
@@ -72,7 +75,7 @@ METRIC_KEYS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accur
 
 #: Options that must match between a checkpoint and the run that resumes it.
 RESUME_KEYS = ("data", "data_dir", "model", "attention", "epochs", "batch_size", "lr", "momentum",
-               "weight_decay", "schedule", "label_smoothing", "seed", "train_subset", "test_subset",
+               "weight_decay", "schedule", "label_smoothing", "seed", "per_batch", "train_subset", "test_subset",
                "world_size")
 
 
@@ -95,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="cifar10", choices=("cifar10",), help="data set (cifar10)")
     p.add_argument("--data-dir", default=None,
                    help="folder holding cifar-10-batches-py (default $NLTUTORIAL_DATA or ~/.cache/nltutorial)")
+    p.add_argument("--per-batch", type=_positive_int("--per-batch"), default=None,
+                   help="use the first N images of every batch file (1000: the offline subset's images)")
     p.add_argument("--train-subset", type=_positive_int("--train-subset"), default=None,
                    help="train on the first N training images only")
     p.add_argument("--test-subset", type=_positive_int("--test-subset"), default=None,
@@ -248,8 +253,8 @@ def train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> dic
 
     # ---- data
     root = data_root(args.data_dir)
-    train_images, train_labels = cifar10(root, train=True)
-    test_images, test_labels = cifar10(root, train=False)
+    train_images, train_labels = cifar10(root, train=True, per_batch=args.per_batch)
+    test_images, test_labels = cifar10(root, train=False, per_batch=args.per_batch)
     if args.train_subset is not None:
         train_images, train_labels = train_images[: args.train_subset], train_labels[: args.train_subset]
     if args.test_subset is not None:
@@ -404,6 +409,8 @@ def train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> dic
         "args": vars(args),
     }
     if rank == 0:
+        if summary["finished"]:
+            engine.atomic_save(model.state_dict(), out / MODEL)
         _write_json(summary_path, summary)
         _log(rank, f"[nltutorial.train] test accuracy {summary['test_accuracy']:.4f}; wrote {out}")
     return summary

@@ -340,3 +340,30 @@ def test_bad_batch_is_reported(tmp_path):
         cifar10(tmp_path, train=False, download=False)
     with pytest.raises(FileNotFoundError, match="data_batch_1"):
         cifar10(tmp_path, train=True, download=False)
+
+
+def test_per_batch_takes_the_first_images_of_every_batch(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name, payload in _fake_files().items():
+        (tmp_path / name).write_bytes(payload)
+    full_x, full_y = cifar10(tmp_path, train=True, download=False)  # 5 batches x N_FAKE
+    x, y = cifar10(tmp_path, train=True, download=False, per_batch=2)
+    keep = np.concatenate([np.arange(b * N_FAKE, b * N_FAKE + 2) for b in range(5)])
+    np.testing.assert_array_equal(x, full_x[keep])
+    np.testing.assert_array_equal(y, full_y[keep])
+    xt, _ = cifar10_tensors(tmp_path, train=False, download=False, per_batch=3)
+    assert xt.shape == (3, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"per_batch=5 but .*data_batch_1 holds only 4"):
+        cifar10(tmp_path, train=True, download=False, per_batch=5)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="per_batch must be a positive int"):
+            cifar10(tmp_path, download=False, per_batch=bad)
+
+
+@needs_subset
+def test_per_batch_1000_is_the_subset():
+    x, y = cifar10(SUBSET, train=True, download=False)
+    x2, y2 = cifar10(SUBSET, train=True, download=False, per_batch=1000)
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)

@@ -71,6 +71,9 @@ def test_tiny_run_writes_metrics_summary_checkpoint(reference):
     ckpt = engine.load_checkpoint(out / "checkpoint.pt")
     assert ckpt["epoch"] == 2 and ckpt["epoch_state"] is None
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "loader"} <= set(ckpt)
+    weights = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    assert weights.keys() == ckpt["model"].keys()
+    assert all(torch.equal(weights[k], ckpt["model"][k]) for k in weights)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
@@ -78,6 +81,7 @@ def test_tiny_run_writes_metrics_summary_checkpoint(reference):
 def test_resume_at_epoch_boundary_is_exact(reference, tmp_path):
     ref, _ = reference
     assert run(tiny(tmp_path, "--stop-after", "1"))["epochs_done"] == 1
+    assert not (tmp_path / "model.pt").exists()  # weights are written when the run is finished
     assert len(metrics(tmp_path)) == 1
     run(tiny(tmp_path, "--resume"))
     assert strip_timing(metrics(tmp_path)) == strip_timing(metrics(ref))
