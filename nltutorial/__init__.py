@@ -7,6 +7,7 @@ Modules
 -------
 images          test images, the Gaussian noise model, PSNR and SSIM
 data            CIFAR-10 (official python format, verified atomic download): nltutorial.data.cifar10
+kinetics        a Kinetics-style video folder as cached uint8 clips (PyAV): load_kinetics_folder
 loader          DeviceLoader: the whole data set on the device, crop and flip there
 models          CIFAR ResNet-20/56/18 with plug-in attention (cifar_resnet)
 engine, train   the training loop and its CLI: python -m nltutorial.train --help
@@ -20,6 +21,8 @@ factory         create_attention(name, channels, **kwargs)
 plotting        small matplotlib helpers used by the chapters
 cost            parameters, FLOPs (with CPU attention) and peak memory of a module
 timing, verify  timing and the numerical checks the chapters print
+analysis        GCNet's query-dependence measurement and attention-map helpers
+results         the recorded runs of results/ (local or verified download), mean ± std
 """
 
 from ._utils import make_divisible, reduced_channels

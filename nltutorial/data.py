@@ -109,6 +109,32 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root).expanduser()
 
 
+#: Where the project's offline subset lives, relative to the checkout's parent folder.
+OFFLINE_SUBSET = Path("shared") / "data" / "cifar-10-subset"
+
+
+def locate_cifar10(root: str | os.PathLike | None = None) -> Path:
+    """A root that already holds ``cifar-10-batches-py``, else the default download root.
+
+    Looks in ``root`` (if given), ``$NLTUTORIAL_DATA``, ``~/.cache/nltutorial``, and the
+    project's offline subset ``shared/data/cifar-10-subset`` beside the checkout (searched from
+    the current folder upwards, and from the package's checkout). With nothing found it returns
+    :func:`data_root` (``cifar10`` then downloads there). The chapters call
+    ``cifar10(locate_cifar10(), per_batch=1000)``: the same 5000 + 1000 images whether the full
+    set was downloaded or the subset is used.
+    """
+    candidates = [Path(root).expanduser()] if root is not None else []
+    if os.environ.get("NLTUTORIAL_DATA"):
+        candidates.append(Path(os.environ["NLTUTORIAL_DATA"]).expanduser())
+    candidates.append(Path("~").expanduser() / ".cache" / "nltutorial")
+    for start in (Path.cwd().resolve(), Path(__file__).resolve().parent):
+        candidates += [parent / OFFLINE_SUBSET for parent in [start, *start.parents][:4]]
+    for candidate in candidates:
+        if (candidate / CIFAR10_FOLDER).is_dir():
+            return candidate
+    return data_root(root)
+
+
 def _manual_instructions(root: Path, md5: str) -> str:
     return (
         f"download {CIFAR10_URL} (md5 {md5}) and either place it at "
@@ -463,6 +489,7 @@ __all__ = [
     "download_cifar10",
     "extract_archive",
     "load_cifar10_folder",
+    "locate_cifar10",
     "normalize",
     "read_batch",
 ]
