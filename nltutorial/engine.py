@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 try:  # the progress bar is optional
-    from tqdm.auto import tqdm as _tqdm
+    from tqdm import tqdm as _tqdm  # plain text bar: no ipywidgets needed in notebooks
 except ImportError:  # pragma: no cover - depends on the environment
     _tqdm = None
 
