@@ -10,7 +10,10 @@ data            CIFAR-10 (official python format, verified atomic download): nlt
 kinetics        a Kinetics-style video folder as cached uint8 clips (PyAV): load_kinetics_folder
 loader          DeviceLoader: the whole data set on the device, crop and flip there
 models          CIFAR ResNet-20/56/18 with plug-in attention (cifar_resnet)
-engine, train   the training loop and its CLI: python -m nltutorial.train --help
+video           the moving-shapes same/different clips (moving_shapes) and ClipLoader, the
+                DeviceLoader for uint8 clips (N, C, T, H, W)
+video_models    C2D and I3D video ResNets with space-time non-local blocks (video_resnet)
+engine, train   the training loop and its CLI (CIFAR-10 and video): python -m nltutorial.train --help
 nl_means        classical non-local means denoising (chapter 1)
 nonlocal_block  the non-local operation and block of Wang et al. (chapters 2-3)
 se, cbam, bam   channel and spatial gates (SE, CBAM, BAM)

@@ -1,10 +1,39 @@
-r"""Train a CIFAR ResNet (optionally with attention) on CIFAR-10: ``python -m nltutorial.train``.
+r"""Train a CIFAR ResNet or a video ResNet, optionally with attention: ``python -m nltutorial.train``.
 
 Example (a quick CPU run on the offline subset)::
 
     python -m nltutorial.train --data-dir ../shared/data/cifar-10-subset --model resnet20 \
         --attention se --epochs 2 --batch-size 64 --train-subset 256 --test-subset 128 \
         --device cpu --out runs/quick
+
+Data and models
+---------------
+``--data cifar10`` (default) trains ``--model resnet20|resnet56|resnet18`` (default resnet20)
+with ``--attention none|se|cbam|bam|gc|nl|danet`` (:func:`nltutorial.models.cifar_resnet`).
+The video data sets train ``--model c2d|i3d`` (default c2d) with ``--attention none|nl3d``
+(:func:`nltutorial.video_models.video_resnet`), on clips (B, 3, T, H, W) from a
+:class:`nltutorial.video.ClipLoader` (random left-right flips, Kinetics mean/std):
+
+``--data moving-shapes``    the generated same/different task of :func:`nltutorial.video.moving_shapes`
+                            (2 classes; fixed data seed 0, ``--seed`` varies the initialisation
+                            and the batch order). ``--train-subset`` / ``--test-subset`` give the
+                            number of clips generated (default 4000 / 1000), ``--frames`` T
+                            (default 8), ``--size`` H = W (default 32).
+``--data kinetics-folder``  a Kinetics-style folder ``--data-dir DIR`` read by
+                            :func:`nltutorial.kinetics.load_kinetics_folder` (PyAV): its train
+                            and val splits, ``--frames`` (8) frames ``--frame-stride`` (2) apart,
+                            resized and cropped to ``--size`` (112). ``--train-subset N`` keeps N
+                            clips evenly spaced over the (class-sorted) list.
+
+For example, the video chapter's runs (one to two minutes each on a CPU for C2D)::
+
+    python -m nltutorial.train --data moving-shapes --model c2d --attention nl3d --epochs 10 \
+        --batch-size 32 --lr 0.1 --label-smoothing 0 --device cpu --seed 0 --out runs/c2d-nl3d
+
+Options that do not apply to the chosen data or model (``--per-batch`` or ``--channels-last``
+with video, ``--frames`` with CIFAR-10, ``--model c2d`` with CIFAR-10, ``--attention se`` with a
+video model, …) are errors that name the flags. For video, "images" in the metrics and the
+summary count clips, and ``flops`` is per clip (an input of shape (1, C, T, H, W)).
 
 Outputs in ``--out DIR``:
 
@@ -60,11 +89,24 @@ from .cost import count_flops, count_parameters
 from .data import cifar10, data_root
 from .loader import DeviceLoader
 from .models import cifar_resnet
+from .video import ClipLoader, moving_shapes
+from .video_models import video_resnet
 
 __all__ = ["build_parser", "main", "parse_args", "train"]
 
-MODELS = ("resnet20", "resnet56", "resnet18")
-ATTENTIONS = ("none", "se", "cbam", "bam", "gc", "nl", "danet")
+CIFAR_MODELS = ("resnet20", "resnet56", "resnet18")
+VIDEO_MODELS = ("c2d", "i3d")
+MODELS = CIFAR_MODELS + VIDEO_MODELS
+CIFAR_ATTENTIONS = ("none", "se", "cbam", "bam", "gc", "nl", "danet")
+VIDEO_ATTENTIONS = ("none", "nl3d")
+ATTENTIONS = CIFAR_ATTENTIONS + ("nl3d",)
+VIDEO_DATA = ("moving-shapes", "kinetics-folder")
+DATASETS = ("cifar10",) + VIDEO_DATA
+#: Defaults of the video options, per data set (None: the option does not apply).
+VIDEO_DEFAULTS = {"moving-shapes": {"frames": 8, "frame_stride": None, "size": 32},
+                  "kinetics-folder": {"frames": 8, "frame_stride": 2, "size": 112}}
+#: Clips generated for --data moving-shapes when --train-subset / --test-subset are not given.
+MOVING_SHAPES_CLIPS = (4000, 1000)
 AMPS = ("bf16", "fp16", "off")
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -76,7 +118,7 @@ METRIC_KEYS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accur
 #: Options that must match between a checkpoint and the run that resumes it.
 RESUME_KEYS = ("data", "data_dir", "model", "attention", "epochs", "batch_size", "lr", "momentum",
                "weight_decay", "schedule", "label_smoothing", "seed", "per_batch", "train_subset", "test_subset",
-               "world_size")
+               "world_size", "frames", "frame_stride", "size")
 
 
 def _positive_int(name):
@@ -94,18 +136,31 @@ def _positive_int(name):
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``python -m nltutorial.train``."""
     p = argparse.ArgumentParser(prog="python -m nltutorial.train",
-                                description="Train a CIFAR ResNet with optional attention on CIFAR-10.")
-    p.add_argument("--data", default="cifar10", choices=("cifar10",), help="data set (cifar10)")
+                                description="Train a CIFAR ResNet with optional attention on CIFAR-10, or a "
+                                            "C2D/I3D video ResNet with optional space-time non-local blocks.")
+    p.add_argument("--data", default="cifar10", choices=DATASETS,
+                   help="data set: cifar10 (default), moving-shapes (generated clips) or kinetics-folder")
     p.add_argument("--data-dir", default=None,
-                   help="folder holding cifar-10-batches-py (default $NLTUTORIAL_DATA or ~/.cache/nltutorial)")
+                   help="cifar10: folder holding cifar-10-batches-py (default $NLTUTORIAL_DATA or "
+                        "~/.cache/nltutorial); kinetics-folder: the data set folder (required)")
     p.add_argument("--per-batch", type=_positive_int("--per-batch"), default=None,
                    help="use the first N images of every batch file (1000: the offline subset's images)")
     p.add_argument("--train-subset", type=_positive_int("--train-subset"), default=None,
-                   help="train on the first N training images only")
+                   help="train on the first N training images only (moving-shapes: generate N training "
+                        "clips, default 4000; kinetics-folder: N clips evenly spaced over the list)")
     p.add_argument("--test-subset", type=_positive_int("--test-subset"), default=None,
-                   help="test on the first N test images only")
-    p.add_argument("--model", default="resnet20", choices=MODELS)
-    p.add_argument("--attention", default="none", choices=ATTENTIONS)
+                   help="test on the first N test images only (moving-shapes: generate N validation "
+                        "clips, default 1000; kinetics-folder: N clips evenly spaced over the list)")
+    p.add_argument("--model", default=None, choices=MODELS,
+                   help="cifar10: resnet20 (default), resnet56, resnet18; video data: c2d (default), i3d")
+    p.add_argument("--attention", default="none", choices=ATTENTIONS,
+                   help="cifar10: none, se, cbam, bam, gc, nl, danet; video data: none, nl3d")
+    p.add_argument("--frames", type=_positive_int("--frames"), default=None,
+                   help="video data: frames per clip, T (default 8)")
+    p.add_argument("--frame-stride", type=_positive_int("--frame-stride"), default=None,
+                   help="kinetics-folder: frames between sampled frames (default 2)")
+    p.add_argument("--size", type=_positive_int("--size"), default=None,
+                   help="video data: frame height = width (moving-shapes 32, kinetics-folder 112)")
     p.add_argument("--epochs", type=_positive_int("--epochs"), default=30)
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=128,
                    help="images per step (per process under torchrun)")
@@ -131,8 +186,54 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _validate_data_model(args: argparse.Namespace) -> None:
+    """Check that data, model, attention and the data options fit together; fill defaults."""
+    video = args.data in VIDEO_DATA
+    if args.model is None:
+        args.model = "c2d" if video else "resnet20"
+    if video:
+        if args.model not in VIDEO_MODELS:
+            raise ValueError(f"--model {args.model} is a CIFAR ResNet; --data {args.data} needs "
+                             f"--model {' or '.join(VIDEO_MODELS)}")
+        if args.attention not in VIDEO_ATTENTIONS:
+            raise ValueError(f"--attention {args.attention} is for the CIFAR ResNets; --model {args.model} "
+                             f"takes --attention {' or '.join(VIDEO_ATTENTIONS)}")
+        if args.per_batch is not None:
+            raise ValueError(f"--per-batch applies to --data cifar10, not --data {args.data}")
+        if args.channels_last:
+            raise ValueError(f"--channels-last applies to --data cifar10 (4-D images), not --data {args.data}")
+        defaults = VIDEO_DEFAULTS[args.data]
+        if args.data == "moving-shapes":
+            if args.data_dir is not None:
+                raise ValueError("--data-dir does not apply to --data moving-shapes (the clips are generated)")
+            if args.frame_stride is not None:
+                raise ValueError("--frame-stride applies to --data kinetics-folder, not --data moving-shapes")
+            if args.frames is not None and args.frames < 3:
+                raise ValueError(f"--frames must be >= 3 for --data moving-shapes, got {args.frames}")
+        elif args.data_dir is None:
+            raise ValueError("--data kinetics-folder needs --data-dir DIR (the data set folder)")
+        for key in ("frames", "frame_stride", "size"):
+            if getattr(args, key) is None:
+                setattr(args, key, defaults[key])
+        if args.size < 16:
+            raise ValueError(f"--size must be >= 16 for the video models (three stride-2 stages), got {args.size}")
+    else:
+        if args.model not in CIFAR_MODELS:
+            raise ValueError(f"--model {args.model} is a video model; --data {args.data} needs "
+                             f"--model {', '.join(CIFAR_MODELS)} (or --data {' / '.join(VIDEO_DATA)})")
+        if args.attention not in CIFAR_ATTENTIONS:
+            raise ValueError(f"--attention {args.attention} is for the video models; --data {args.data} takes "
+                             f"--attention {', '.join(CIFAR_ATTENTIONS)}")
+        for flag, value in (("--frames", args.frames), ("--frame-stride", args.frame_stride),
+                            ("--size", args.size)):
+            if value is not None:
+                raise ValueError(f"{flag} applies to the video data sets (--data {' / '.join(VIDEO_DATA)}), "
+                                 f"not --data {args.data}")
+
+
 def validate(args: argparse.Namespace) -> argparse.Namespace:
     """Check option values argparse cannot; raise ValueError naming the flag."""
+    _validate_data_model(args)
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise ValueError(f"--lr must be a positive number, got {args.lr}")
     if not (0.0 <= args.momentum < 1.0):
@@ -252,21 +353,34 @@ def train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> dic
                                  f"{checkpoint['config'].get(k)!r}")
 
     # ---- data
-    root = data_root(args.data_dir)
-    train_images, train_labels = cifar10(root, train=True, per_batch=args.per_batch)
-    test_images, test_labels = cifar10(root, train=False, per_batch=args.per_batch)
-    if args.train_subset is not None:
-        train_images, train_labels = train_images[: args.train_subset], train_labels[: args.train_subset]
-    if args.test_subset is not None:
-        test_images, test_labels = test_images[: args.test_subset], test_labels[: args.test_subset]
+    video = args.data in VIDEO_DATA
     global_batch = args.batch_size * world
+    if video:
+        train_images, train_labels, test_images, test_labels, data_info = _video_data(args)
+        num_classes = len(data_info["classes"])
+        root = data_info["root"]
+    else:
+        root = data_root(args.data_dir)
+        train_images, train_labels = cifar10(root, train=True, per_batch=args.per_batch)
+        test_images, test_labels = cifar10(root, train=False, per_batch=args.per_batch)
+        if args.train_subset is not None:
+            train_images, train_labels = train_images[: args.train_subset], train_labels[: args.train_subset]
+        if args.test_subset is not None:
+            test_images, test_labels = test_images[: args.test_subset], test_labels[: args.test_subset]
+        num_classes = 10
     if len(train_images) < global_batch:
         raise ValueError(f"--batch-size {args.batch_size} (x {world} processes) exceeds the "
-                         f"{len(train_images)} training images")
-    train_loader = DeviceLoader(train_images, train_labels, global_batch, train=True, device=device,
-                                seed=args.seed, channels_last=args.channels_last)
-    test_loader = DeviceLoader(test_images, test_labels, global_batch, train=False, device=device,
-                               channels_last=args.channels_last, seed=args.seed)
+                         f"{len(train_images)} training {'clips' if video else 'images'}")
+    if video:
+        train_loader = ClipLoader(train_images, train_labels, global_batch, train=True, device=device,
+                                  seed=args.seed)
+        test_loader = ClipLoader(test_images, test_labels, global_batch, train=False, device=device,
+                                 seed=args.seed)
+    else:
+        train_loader = DeviceLoader(train_images, train_labels, global_batch, train=True, device=device,
+                                    seed=args.seed, channels_last=args.channels_last)
+        test_loader = DeviceLoader(test_images, test_labels, global_batch, train=False, device=device,
+                                   channels_last=args.channels_last, seed=args.seed)
     steps = len(train_loader)
     shard = None
     if world > 1:
@@ -277,12 +391,17 @@ def train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> dic
     # ---- model, optimiser, schedule
     torch.manual_seed(args.seed)
     attention = None if args.attention == "none" else args.attention
-    model = cifar_resnet(args.model, num_classes=10, attention=attention).to(device)
+    if video:
+        model = video_resnet(args.model, num_classes=num_classes, attention=attention).to(device)
+        flops_input = torch.zeros(1, *train_images.shape[1:], device=device)   # (1, C, T, H, W)
+    else:
+        model = cifar_resnet(args.model, num_classes=10, attention=attention).to(device)
+        flops_input = torch.zeros(1, 3, 32, 32, device=device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = count_parameters(model)
     model.eval()
-    flops = count_flops(model, torch.zeros(1, 3, 32, 32, device=device))
+    flops = count_flops(model, flops_input)
     model.train()
     optimizer = engine.build_optimizer(model, args.lr, args.weight_decay, args.momentum)
     scheduler = engine.build_scheduler(optimizer, args.schedule, args.lr, args.epochs * steps)
@@ -335,9 +454,10 @@ def train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> dic
             "torch": torch.__version__,
         }, ckpt_path)
 
+    unit = "clip" if video else "image"
     _log(rank, f"[nltutorial.train] {args.model} attention={args.attention} on {device} "
          f"(amp {amp}, {world} process{'es' if world > 1 else ''}): {params:,} parameters, "
-         f"{flops / 1e6:.1f} MFLOPs/image, {len(train_images)} train / {len(test_images)} test images, "
+         f"{flops / 1e6:.1f} MFLOPs/{unit}, {len(train_images)} train / {len(test_images)} test {unit}s, "
          f"{steps} steps/epoch")
 
     last_epoch = args.stop_after or args.epochs
@@ -404,8 +524,9 @@ def train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> dic
         "command": " ".join(shlex.quote(a) for a in
                             [sys.executable, "-m", "nltutorial.train",
                              *(sys.argv[1:] if argv is None else argv)]),
-        "data": {"name": args.data, "root": str(root), "train_images": int(len(train_images)),
-                 "test_images": int(len(test_images))},
+        "data": {"name": args.data, "root": None if root is None else str(root),
+                 "train_images": int(len(train_images)), "test_images": int(len(test_images)),
+                 **({k: v for k, v in data_info.items() if k != "root"} if video else {})},
         "args": vars(args),
     }
     if rank == 0:
@@ -414,6 +535,51 @@ def train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> dic
         _write_json(summary_path, summary)
         _log(rank, f"[nltutorial.train] test accuracy {summary['test_accuracy']:.4f}; wrote {out}")
     return summary
+
+
+def _evenly_spaced(n_total: int, n: Optional[int]) -> Optional[torch.Tensor]:
+    """Indices of n items spread evenly over n_total (None: all of them)."""
+    if n is None or n >= n_total:
+        return None
+    return torch.linspace(0, n_total - 1, n).round().long()
+
+
+def _video_data(args: argparse.Namespace):
+    """(train clips, train labels, val clips, val labels, info) for the video data sets.
+
+    Clips are uint8 (N, 3, T, H, W), labels int64; info has root, classes, frames, size.
+    """
+    if args.data == "moving-shapes":
+        n_train = args.train_subset or MOVING_SHAPES_CLIPS[0]
+        n_val = args.test_subset or MOVING_SHAPES_CLIPS[1]
+        data = moving_shapes(n_train, n_val, frames=args.frames, size=args.size, seed=0)
+        info = {"root": None, "classes": list(data.classes), "frames": args.frames, "size": args.size,
+                "shapes": list(data.shapes), "seed": 0}
+        return data.train_clips, data.train_labels, data.val_clips, data.val_labels, info
+    try:
+        from .kinetics import load_kinetics_folder
+    except ImportError as err:  # e.g. a missing decoder dependency
+        raise ValueError(f"--data kinetics-folder needs nltutorial.kinetics and PyAV "
+                         f"(pip install av, or pip install \"nltutorial[video]\"): {err}") from err
+    root = Path(args.data_dir).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"--data-dir {args.data_dir} is not a folder")
+    kwargs = dict(frames=args.frames, frame_stride=args.frame_stride, size=args.size)
+    try:
+        train_x, train_y, classes = load_kinetics_folder(root, "train", **kwargs)
+        val_x, val_y, _ = load_kinetics_folder(root, "val", classes=classes, **kwargs)
+    except ImportError as err:  # PyAV is imported when the first video file is decoded
+        raise ValueError(f"--data kinetics-folder: decoding videos needs PyAV (pip install av, or "
+                         f"pip install \"nltutorial[video]\"): {err}") from err
+    keep = _evenly_spaced(len(train_x), args.train_subset)
+    if keep is not None:
+        train_x, train_y = train_x[keep], train_y[keep]
+    keep = _evenly_spaced(len(val_x), args.test_subset)
+    if keep is not None:
+        val_x, val_y = val_x[keep], val_y[keep]
+    info = {"root": root, "classes": list(classes), "frames": args.frames, "frame_stride": args.frame_stride,
+            "size": args.size}
+    return train_x, train_y, val_x, val_y, info
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

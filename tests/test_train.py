@@ -223,3 +223,95 @@ def test_ddp_two_cpu_processes_resume_exactly(tmp_path):
     _torchrun(tmp_path / "cut", "--stop-after", "1")
     _torchrun(tmp_path / "cut", "--resume")
     assert strip_timing(metrics(tmp_path / "cut")) == strip_timing(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Video: --data moving-shapes (generated, no files needed) and the flag combinations
+# ---------------------------------------------------------------------------------------------
+
+
+def tiny_video(out, *extra, epochs=2):
+    return ["--data", "moving-shapes", "--model", "c2d", "--attention", "nl3d", "--train-subset", "64",
+            "--test-subset", "32", "--frames", "4", "--size", "16", "--epochs", str(epochs),
+            "--batch-size", "16", "--device", "cpu", "--seed", "3", "--no-progress", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def video_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("video_reference")
+    return out, run(tiny_video(out))
+
+
+def test_moving_shapes_run_writes_metrics_summary_model(video_reference):
+    from nltutorial.cost import count_flops, count_parameters
+    from nltutorial.video_models import video_resnet
+
+    out, summary = video_reference
+    rows = metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(set(T.METRIC_KEYS) <= set(r) and 0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
+    saved = json.loads((out / "summary.json").read_text())
+    assert set(SUMMARY_KEYS) <= set(saved) and saved["test_accuracy"] == rows[-1]["test_accuracy"]
+    assert saved["data"] == {"name": "moving-shapes", "root": None, "train_images": 64, "test_images": 32,
+                             "classes": ["different", "same"], "frames": 4, "size": 16,
+                             "shapes": ["square", "plus", "ring", "triangle"], "seed": 0}
+    model = video_resnet("c2d", 2, "nl3d")
+    assert saved["params"] == count_parameters(model)
+    assert saved["flops"] == count_flops(model.eval(), torch.zeros(1, 3, 4, 16, 16))   # per clip (1, C, T, H, W)
+    assert saved["args"]["model"] == "c2d" and saved["args"]["frame_stride"] is None
+    model.load_state_dict(torch.load(out / "model.pt", map_location="cpu", weights_only=True))
+    assert len(model.nl_blocks()) == 2
+
+
+def test_moving_shapes_resume_is_exact(video_reference, tmp_path, monkeypatch):
+    ref, _ = video_reference
+    assert run(tiny_video(tmp_path / "boundary", "--stop-after", "1"))["epochs_done"] == 1
+    run(tiny_video(tmp_path / "boundary", "--resume"))
+    assert strip_timing(metrics(tmp_path / "boundary")) == strip_timing(metrics(ref))
+    a = engine.load_checkpoint(ref / "checkpoint.pt")["model"]
+    b = engine.load_checkpoint(tmp_path / "boundary" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with monkeypatch.context() as m:                       # SIGTERM after step 3 of epoch 1 (of 4 steps)
+        m.setattr(engine, "StopOnSignal", _StopAfterPolls)
+        with pytest.raises(engine.TrainingInterrupted):
+            run(tiny_video(tmp_path / "mid"))
+    assert engine.load_checkpoint(tmp_path / "mid" / "checkpoint.pt")["epoch_state"]["step"] == 3
+    run(tiny_video(tmp_path / "mid", "--resume"))
+    assert strip_timing(metrics(tmp_path / "mid")) == strip_timing(metrics(ref))
+    with pytest.raises(ValueError, match="--frames"):
+        run(tiny_video(tmp_path / "mid", "--resume", "--frames", "5"))
+
+
+def test_video_defaults_follow_the_data(tmp_path):
+    args = T.parse_args(["--data", "moving-shapes", "--out", str(tmp_path)])
+    assert (args.model, args.frames, args.frame_stride, args.size) == ("c2d", 8, None, 32)
+    args = T.parse_args(["--data", "kinetics-folder", "--data-dir", str(tmp_path), "--model", "i3d",
+                         "--attention", "nl3d", "--out", str(tmp_path)])
+    assert (args.model, args.frames, args.frame_stride, args.size) == ("i3d", 8, 2, 112)
+    args = T.parse_args(["--out", str(tmp_path)])
+    assert (args.model, args.frames, args.frame_stride, args.size) == ("resnet20", None, None, None)
+    with pytest.raises(ValueError, match="--data-dir"):
+        run(["--data", "kinetics-folder", "--data-dir", str(tmp_path / "missing"), "--device", "cpu",
+             "--out", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--model", "c2d"], "--model"),
+    (["--attention", "nl3d"], "--attention"),
+    (["--frames", "8"], "--frames"),
+    (["--size", "64"], "--size"),
+    (["--data", "moving-shapes", "--model", "resnet20"], "--model"),
+    (["--data", "moving-shapes", "--attention", "se"], "--attention"),
+    (["--data", "moving-shapes", "--frame-stride", "2"], "--frame-stride"),
+    (["--data", "moving-shapes", "--frames", "2"], "--frames"),
+    (["--data", "moving-shapes", "--size", "8"], "--size"),
+    (["--data", "moving-shapes", "--per-batch", "10"], "--per-batch"),
+    (["--data", "moving-shapes", "--channels-last"], "--channels-last"),
+    (["--data", "moving-shapes", "--data-dir", "somewhere"], "--data-dir"),
+    (["--data", "kinetics-folder"], "--data-dir"),
+])
+def test_video_flag_combinations_are_named(argv, flag, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        T.main([*argv, "--device", "cpu", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert flag in capsys.readouterr().err
