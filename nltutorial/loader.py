@@ -133,7 +133,100 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return ((int(state[0]) << 32) | int(state[1])) & ((1 << 63) - 1)
 
 
-class DeviceLoader:
+def _check_common(batch_size, dtype, seed) -> None:
+    """Argument checks shared by DeviceLoader and ClipLoader."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch dtype, got {dtype!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ValueError(f"seed must be an int or None, got {seed!r}")
+
+
+def _default_device(device, data) -> torch.device:
+    """``device``, else the tensor's device when ``data`` lives off the CPU, else CUDA if present."""
+    if device is None:
+        if isinstance(data, torch.Tensor) and data.device.type != "cpu":
+            device = data.device
+        else:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def _draw_seed(seed: int | None, generator: torch.Generator | None) -> int:
+    """``seed``, else one drawn from ``generator``, else a fresh random 63-bit seed."""
+    if seed is not None:
+        return int(seed)
+    if generator is not None:
+        return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+    return int(np.random.SeedSequence().generate_state(2, np.uint32).view(np.uint64)[0] >> np.uint64(1))
+
+
+class EpochLoader:
+    """Epoch bookkeeping shared by :class:`DeviceLoader` and ``nltutorial.video.ClipLoader``.
+
+    A subclass sets ``num_samples``, ``batch_size``, ``drop_last``, ``device``, ``seed`` and
+    ``epoch`` and defines ``_epoch(e)``, the batches of epoch ``e``. Each ``iter(loader)`` runs
+    epoch ``loader.epoch`` and then advances it by one; ``set_epoch(e)`` (as with
+    ``DistributedSampler``) or ``load_state_dict`` chooses the epoch the next iteration runs.
+    """
+
+    num_samples: int
+    batch_size: int
+    drop_last: bool
+    device: torch.device
+    seed: int
+    epoch: int
+
+    def _init_common(self, n: int, channels: int, batch_size: int, train: bool, drop_last, dtype,
+                     mean, std, default_stats, seed, generator) -> None:
+        """Set the attributes both loaders share (after ``self.device``)."""
+        self.num_samples, self.channels = n, channels
+        self.batch_size = int(batch_size)
+        self.train = bool(train)
+        self.drop_last = self.train if drop_last is None else bool(drop_last)
+        self.dtype = dtype
+        self.mean = _channel_stats("mean", mean, default_stats[0], channels)
+        self.std = _channel_stats("std", std, default_stats[1], channels)
+        self.seed = _draw_seed(seed, generator)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        """Number of batches per epoch."""
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration run epoch ``epoch`` (its batches depend only on seed and epoch)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_epoch(state["epoch"])
+        if "seed" in state:
+            self.seed = int(state["seed"])
+
+    def _generator(self, epoch: int) -> torch.Generator:
+        """The generator of epoch ``epoch``: seeded with a mix of (seed, epoch)."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed(_epoch_seed(self.seed, epoch))
+        return g
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.epoch
+        self.epoch += 1
+        return self._epoch(epoch)
+
+    def _epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+
+class DeviceLoader(EpochLoader):
     """Iterate over (x, y) batches of a uint8 image set held on the device.
 
     Parameters
@@ -187,16 +280,9 @@ class DeviceLoader:
         dtype: torch.dtype = torch.float32,
         layout: str | None = None,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-            raise ValueError(f"batch_size must be an int, got {batch_size!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        _check_common(batch_size, dtype, seed)
         if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
             raise ValueError(f"pad must be an int >= 0, got {pad!r}")
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating torch dtype, got {dtype!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise ValueError(f"seed must be an int or None, got {seed!r}")
 
         nhwc = _as_uint8_nchw(images, layout)  # (N, H, W, C), possibly a permuted view
         n, h, w, c = (int(s) for s in nhwc.shape)
@@ -204,35 +290,15 @@ class DeviceLoader:
             raise ValueError(f"images must be non-empty, got shape {tuple(nhwc.shape)}")
         y = _as_labels(labels, n)
 
-        if device is None:
-            if isinstance(images, torch.Tensor) and images.device.type != "cpu":
-                device = images.device
-            else:
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = _default_device(device, images)
 
-        self.batch_size = int(batch_size)
-        self.train = bool(train)
+        self._init_common(n, c, batch_size, train, drop_last, dtype, mean, std,
+                          (CIFAR10_MEAN, CIFAR10_STD), seed, generator)
         self.augment = bool(augment)
         self.pad = int(pad)
         self.flip = bool(flip)
-        self.drop_last = self.train if drop_last is None else bool(drop_last)
         self.channels_last = bool(channels_last)
-        self.dtype = dtype
-        self.mean = _channel_stats("mean", mean, CIFAR10_MEAN, c)
-        self.std = _channel_stats("std", std, CIFAR10_STD, c)
-        if seed is None:
-            if generator is not None:
-                seed = int(torch.randint(0, 2**62, (1,), generator=generator,
-                                         device=generator.device).item())
-            else:
-                seed = int(np.random.SeedSequence().generate_state(2, np.uint32).view(np.uint64)[0]
-                           >> np.uint64(1))
-        self.seed = int(seed)
-        self.epoch = 0
-        self.num_samples = n
         self.image_size = (h, w)
-        self.channels = c
 
         self._crop = self.train and self.augment and self.pad > 0
         self._flip = self.train and self.augment and self.flip
@@ -247,31 +313,6 @@ class DeviceLoader:
         self._rows = torch.arange(h, device=self.device)
         self._cols = torch.arange(w, device=self.device)
         self._chan = torch.arange(c, device=self.device)
-
-    # ------------------------------------------------------------------ epoch bookkeeping
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration run epoch ``epoch`` (its batches depend only on seed and epoch)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        self.epoch = int(epoch)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.set_epoch(state["epoch"])
-        if "seed" in state:
-            self.seed = int(state["seed"])
-
-    def _generator(self, epoch: int) -> torch.Generator:
-        g = torch.Generator(device=self.device)
-        g.manual_seed(_epoch_seed(self.seed, epoch))
-        return g
 
     # ------------------------------------------------------------------ batches
     def _normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
@@ -298,11 +339,6 @@ class DeviceLoader:
             return out.permute(0, 3, 1, 2)
         return self._data[idx[:, None, None, None], self._chan[None, :, None, None],
                           rows[:, None, :, None], cols[:, None, None, :]]
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch = self.epoch
-        self.epoch += 1
-        return self._epoch(epoch)
 
     def _epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, bs = self.num_samples, self.batch_size

@@ -89,6 +89,7 @@ from .factory import ATTENTION_NAMES, create_attention
 from .nonlocal_block import NonLocalBlock
 
 __all__ = [
+    "AttentionHost",
     "AttentionSite",
     "BasicBlock",
     "CifarResNet",
@@ -137,6 +138,68 @@ class AttentionSite(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}" if self.scale != 1.0 else ""
+
+
+class AttentionHost(nn.Module):
+    """A backbone with :class:`AttentionSite`\\ s: the inspection and ``forward`` shared by
+    :class:`CifarResNet` and ``nltutorial.video_models.VideoResNet``.
+
+    A subclass builds its layers, calls :meth:`_init_weights`, and defines ``features(x)``
+    (the pooled features) and ``fc``; ``forward`` is ``fc(features(x))``.
+    """
+
+    fc: nn.Linear
+
+    def features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _init_weights(self, conv: type, norm: type) -> None:
+        """Kaiming normal (fan_out) for the ``conv`` layers, weight 1 / bias 0 for the ``norm``
+        layers, skipping the attention blocks (they keep their own initialisation); then name
+        every site after its module path (the keys of the attention maps)."""
+        inside_attention = {id(m) for site in self._sites() for m in site.modules()}
+        for m in self.modules():
+            if id(m) in inside_attention:
+                continue
+            if isinstance(m, conv):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, norm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for name, site in self.named_modules():
+            if isinstance(site, AttentionSite):
+                site.site_name = name
+
+    def _sites(self) -> List[AttentionSite]:
+        return [m for m in self.modules() if isinstance(m, AttentionSite)]
+
+    def named_attention_modules(self) -> List[Tuple[str, nn.Module]]:
+        """(site name, attention block) pairs, in forward order; e.g. ("layer2.attn1", NonLocalBlock)."""
+        return [(name, m.attn) for name, m in self.named_modules() if isinstance(m, AttentionSite)]
+
+    def attention_modules(self) -> List[nn.Module]:
+        """The inserted attention blocks, in forward order."""
+        return [m for _, m in self.named_attention_modules()]
+
+    def nl_blocks(self) -> List[NonLocalBlock]:
+        """The inserted :class:`NonLocalBlock`\\ s, in forward order."""
+        return [m for m in self.attention_modules() if isinstance(m, NonLocalBlock)]
+
+    def forward(self, x: Tensor, return_attention: bool = False) -> Union[Tensor, Tuple[Tensor, Dict[str, Tensor]]]:
+        """Logits (B, num_classes); with ``return_attention=True`` also ``{site name: map}``
+        for the blocks that can return their map (NL: (B, N, N_s), N = positions at the block)."""
+        if not return_attention:
+            return self.fc(self.features(x))
+        maps: Dict[str, Tensor] = {}
+        sites = self._sites()
+        for site in sites:
+            site._store = maps
+        try:
+            logits = self.fc(self.features(x))
+        finally:
+            for site in sites:
+                site._store = None
+        return logits, maps
 
 
 class ShortcutA(nn.Module):
@@ -255,7 +318,7 @@ def resolve_placement(attention: str, placement, stage_blocks: Sequence[int]) ->
     return where, _check_positions(placement, stage_blocks)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(AttentionHost):
     """ResNet of basic blocks for 32×32 inputs, optionally with attention blocks.
 
     Args:
@@ -313,41 +376,15 @@ class CifarResNet(nn.Module):
             self.add_module(f"layer{s}", nn.Sequential(layers))
         self.fc = nn.Linear(c_in, num_classes)
 
-        inside_attention = {id(m) for site in self._sites() for m in site.modules()}
-        for m in self.modules():
-            if id(m) in inside_attention:
-                continue
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self._init_weights(nn.Conv2d, nn.BatchNorm2d)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, BasicBlock):
                     nn.init.zeros_(m.bn2.weight)
-        for name, site in self.named_modules():
-            if isinstance(site, AttentionSite):
-                site.site_name = name
 
     @property
     def stages(self) -> List[nn.Sequential]:
         return [getattr(self, f"layer{s}") for s in range(1, len(self.stage_blocks) + 1)]
-
-    def _sites(self) -> List[AttentionSite]:
-        return [m for m in self.modules() if isinstance(m, AttentionSite)]
-
-    def named_attention_modules(self) -> List[Tuple[str, nn.Module]]:
-        """(site name, attention block) pairs, in forward order; e.g. ("layer2.attn1", NonLocalBlock)."""
-        return [(name, m.attn) for name, m in self.named_modules() if isinstance(m, AttentionSite)]
-
-    def attention_modules(self) -> List[nn.Module]:
-        """The inserted attention blocks (as built by ``create_attention``), in forward order."""
-        return [m for _, m in self.named_attention_modules()]
-
-    def nl_blocks(self) -> List[NonLocalBlock]:
-        """The inserted :class:`NonLocalBlock`\\ s, in forward order."""
-        return [m for m in self.attention_modules() if isinstance(m, NonLocalBlock)]
 
     def features(self, x: Tensor) -> Tensor:
         """The pooled features (B, C_last) fed to ``fc``."""
@@ -355,22 +392,6 @@ class CifarResNet(nn.Module):
         for stage in self.stages:
             x = stage(x)
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-
-    def forward(self, x: Tensor, return_attention: bool = False) -> Union[Tensor, Tuple[Tensor, Dict[str, Tensor]]]:
-        """Logits (B, num_classes); with ``return_attention=True`` also ``{site name: map}``
-        for the blocks that can return their map (NL: (B, N, N_s))."""
-        if not return_attention:
-            return self.fc(self.features(x))
-        maps: Dict[str, Tensor] = {}
-        sites = self._sites()
-        for site in sites:
-            site._store = maps
-        try:
-            logits = self.fc(self.features(x))
-        finally:
-            for site in sites:
-                site._store = None
-        return logits, maps
 
 
 _CIFAR_DEPTHS = "an int 6n+2 (20, 32, 44, 56, 110, …), 18, or a name 'resnet20', 'resnet56', 'resnet18_cifar'"

@@ -186,18 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_family(args: argparse.Namespace, models, attentions, other: str) -> None:
+    """--model and --attention must both belong to the family that --data needs."""
+    for flag, value, allowed in (("--model", args.model, models), ("--attention", args.attention, attentions)):
+        if value not in allowed:
+            raise ValueError(f"{flag} {value} is for {other}; --data {args.data} takes "
+                             f"{flag} {' / '.join(allowed)}")
+
+
 def _validate_data_model(args: argparse.Namespace) -> None:
     """Check that data, model, attention and the data options fit together; fill defaults."""
     video = args.data in VIDEO_DATA
     if args.model is None:
         args.model = "c2d" if video else "resnet20"
     if video:
-        if args.model not in VIDEO_MODELS:
-            raise ValueError(f"--model {args.model} is a CIFAR ResNet; --data {args.data} needs "
-                             f"--model {' or '.join(VIDEO_MODELS)}")
-        if args.attention not in VIDEO_ATTENTIONS:
-            raise ValueError(f"--attention {args.attention} is for the CIFAR ResNets; --model {args.model} "
-                             f"takes --attention {' or '.join(VIDEO_ATTENTIONS)}")
+        _check_family(args, VIDEO_MODELS, VIDEO_ATTENTIONS, "the CIFAR ResNets")
         if args.per_batch is not None:
             raise ValueError(f"--per-batch applies to --data cifar10, not --data {args.data}")
         if args.channels_last:
@@ -218,12 +221,7 @@ def _validate_data_model(args: argparse.Namespace) -> None:
         if args.size < 16:
             raise ValueError(f"--size must be >= 16 for the video models (three stride-2 stages), got {args.size}")
     else:
-        if args.model not in CIFAR_MODELS:
-            raise ValueError(f"--model {args.model} is a video model; --data {args.data} needs "
-                             f"--model {', '.join(CIFAR_MODELS)} (or --data {' / '.join(VIDEO_DATA)})")
-        if args.attention not in CIFAR_ATTENTIONS:
-            raise ValueError(f"--attention {args.attention} is for the video models; --data {args.data} takes "
-                             f"--attention {', '.join(CIFAR_ATTENTIONS)}")
+        _check_family(args, CIFAR_MODELS, CIFAR_ATTENTIONS, "the video models")
         for flag, value in (("--frames", args.frames), ("--frame-stride", args.frame_stride),
                             ("--size", args.size)):
             if value is not None:

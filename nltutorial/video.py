@@ -88,7 +88,7 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .loader import _as_labels, _channel_stats, _epoch_seed
+from .loader import EpochLoader, _as_labels, _check_common, _default_device
 
 __all__ = [
     "CLASSES",
@@ -325,7 +325,7 @@ def _as_clips(clips) -> torch.Tensor:
     return clips
 
 
-class ClipLoader:
+class ClipLoader(EpochLoader):
     """Iterate over (x, y) batches of a uint8 clip set held on the device.
 
     Parameters
@@ -357,73 +357,26 @@ class ClipLoader:
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  drop_last: bool | None = None, seed: int | None = None,
                  generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating torch dtype, got {dtype!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        _check_common(batch_size, dtype, seed)
         data = _as_clips(clips)
         n, c, t, h, w = (int(v) for v in data.shape)
         y = _as_labels(labels, n)
-        if device is None:
-            if data.device.type != "cpu":
-                device = data.device
-            else:
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        self.batch_size = int(batch_size)
-        self.train = bool(train)
+        self.device = _default_device(device, data)
+        self._init_common(n, c, batch_size, train, drop_last, dtype, mean, std,
+                          (KINETICS_MEAN, KINETICS_STD), seed, generator)
         self.flip = bool(flip)
-        self.drop_last = self.train if drop_last is None else bool(drop_last)
-        self.dtype = dtype
-        self.mean = _channel_stats("mean", mean, KINETICS_MEAN, c)
-        self.std = _channel_stats("std", std, KINETICS_STD, c)
-        if seed is None:
-            if generator is not None:
-                seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-            else:
-                seed = int(np.random.SeedSequence().generate_state(2, np.uint32).view(np.uint64)[0] >> np.uint64(1))
-        self.seed = int(seed)
-        self.epoch = 0
-        self.num_samples = n
-        self.channels, self.frames, self.image_size = c, t, (h, w)
+        self.frames, self.image_size = t, (h, w)
         self._flip = self.train and self.flip
         self._data = data.to(self.device).contiguous()          # uint8 (N, C, T, H, W)
         self._labels = y.to(self.device)
         self._mean_t = torch.tensor(self.mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1, 1)
         self._std_t = torch.tensor(self.std, dtype=torch.float32, device=self.device).view(1, c, 1, 1, 1)
 
-    # ---- epoch bookkeeping (as DeviceLoader)
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration run epoch ``epoch`` (its batches depend only on seed and epoch)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        self.epoch = int(epoch)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.set_epoch(state["epoch"])
-        if "seed" in state:
-            self.seed = int(state["seed"])
-
     # ---- batches
     def _normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, T, H, W) → float (x/255 - mean)/std."""
         x = (x_uint8.float().div_(255.0) - self._mean_t) / self._std_t
         return (x if self.dtype == torch.float32 else x.to(self.dtype)).contiguous()
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch = self.epoch
-        self.epoch += 1
-        return self._epoch(epoch)
 
     def _epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, bs = self.num_samples, self.batch_size
@@ -432,8 +385,7 @@ class ClipLoader:
                 sl = slice(b * bs, min((b + 1) * bs, n))
                 yield self._normalize(self._data[sl]), self._labels[sl]
             return
-        g = torch.Generator(device=self.device)
-        g.manual_seed(_epoch_seed(self.seed, epoch))
+        g = self._generator(epoch)
         perm = torch.randperm(n, generator=g, device=self.device)
         flips = torch.randint(0, 2, (n,), generator=g, device=self.device).bool() if self._flip else None
         for b in range(len(self)):

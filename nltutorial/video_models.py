@@ -87,13 +87,13 @@ bias 0, the non-local blocks their own (zero W_z).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .models import AttentionSite
+from .models import AttentionHost, AttentionSite
 from .nonlocal_block import NonLocalBlock
 
 __all__ = [
@@ -171,7 +171,7 @@ def _check_int(name: str, value, minimum: int = 1) -> int:
     return value
 
 
-class VideoResNet(nn.Module):
+class VideoResNet(AttentionHost):
     """C2D or I3D ResNet for clips (B, C_in, T, H, W), optionally with space-time NL blocks.
 
     Args:
@@ -233,38 +233,12 @@ class VideoResNet(nn.Module):
             self.add_module(f"layer{s}", nn.Sequential(layers))
         self.fc = nn.Linear(c_in, num_classes)
 
-        inside = {id(m) for site in self._sites() for m in site.modules()}
-        for m in self.modules():
-            if id(m) in inside:
-                continue
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm3d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        for name, site in self.named_modules():
-            if isinstance(site, AttentionSite):
-                site.site_name = name
+        self._init_weights(nn.Conv3d, nn.BatchNorm3d)
 
-    # ---- inspection (as CifarResNet)
+    # ---- inspection (the attention sites: see AttentionHost)
     @property
     def stages(self) -> List[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3]
-
-    def _sites(self) -> List[AttentionSite]:
-        return [m for m in self.modules() if isinstance(m, AttentionSite)]
-
-    def named_attention_modules(self) -> List[Tuple[str, nn.Module]]:
-        """(site name, block) pairs in forward order, e.g. ("layer2.attn1", NonLocalBlock)."""
-        return [(name, m.attn) for name, m in self.named_modules() if isinstance(m, AttentionSite)]
-
-    def attention_modules(self) -> List[nn.Module]:
-        """The inserted attention blocks, in forward order."""
-        return [m for _, m in self.named_attention_modules()]
-
-    def nl_blocks(self) -> List[NonLocalBlock]:
-        """The inserted :class:`NonLocalBlock`\\ s, in forward order."""
-        return [m for m in self.attention_modules() if isinstance(m, NonLocalBlock)]
 
     # ---- forward
     def _check_input(self, x) -> None:
@@ -286,21 +260,6 @@ class VideoResNet(nn.Module):
         for stage in self.stages:
             x = stage(x)                                        # (B, 4w, T, H/8, W/8) at the end
         return x.mean(dim=(2, 3, 4))                            # (B, 4w)
-
-    def forward(self, x: Tensor, return_attention: bool = False) -> Union[Tensor, Tuple[Tensor, Dict[str, Tensor]]]:
-        """Logits (B, num_classes); with ``return_attention=True`` also ``{site: (B, N, N_s) map}``."""
-        if not return_attention:
-            return self.fc(self.features(x))
-        maps: Dict[str, Tensor] = {}
-        sites = self._sites()
-        for site in sites:
-            site._store = maps
-        try:
-            logits = self.fc(self.features(x))
-        finally:
-            for site in sites:
-                site._store = None
-        return logits, maps
 
 
 def video_resnet(name: str, num_classes: int = 2, attention: Optional[str] = None, *,

@@ -7,7 +7,6 @@ from torch import nn
 
 from conftest import randomize_
 from nltutorial.models import AttentionSite
-from nltutorial.nonlocal_block import NonLocalBlock
 from nltutorial.video_models import SpaceTimeConv, VideoResNet, inflate_state_dict, video_resnet
 
 
