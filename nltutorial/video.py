@@ -163,7 +163,9 @@ class MovingShapes(NamedTuple):
 
     ``*_clips`` are uint8 (N, 3, T, H, W) (clip, RGB channel, frame, row, column);
     ``*_labels`` int64 (N,), 1 = "same" (``CLASSES[label]``); ``*_types`` int64 (N, 2), the
-    indices into ``shapes`` of the first (A) and last (B) shape of each clip.
+    indices into ``shapes`` of the first (A) and last (B) shape of each clip; ``*_centres``
+    float32 (N, T, 2), the (row, column) centre of the shape drawn in each frame (NaN in the
+    middle frames, which hold no shape), e.g. to place a query on shape B.
     """
 
     train_clips: torch.Tensor
@@ -174,6 +176,8 @@ class MovingShapes(NamedTuple):
     val_types: torch.Tensor
     shapes: tuple
     classes: tuple = CLASSES
+    train_centres: torch.Tensor | None = None
+    val_centres: torch.Tensor | None = None
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -183,8 +187,10 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 
 def _render(rng: np.random.Generator, n: int, frames: int, size: int, masks: np.ndarray,
-            noise: int, distractors: bool, palette: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """n clips (n, 3, T, H, W) uint8, labels (n,), types (n, 2); vectorised over clips."""
+            noise: int, distractors: bool, palette: np.ndarray | None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """n clips (n, 3, T, H, W) uint8, labels (n,), types (n, 2), shape centres (n, T, 2);
+    vectorised over clips."""
     K, s = masks.shape[0], masks.shape[1]
     T, H = frames, size
     show = max(1, T // 4)                                       # frames per shape
@@ -210,10 +216,12 @@ def _render(rng: np.random.Generator, n: int, frames: int, size: int, masks: np.
         colour = np.rint(palette[types] * rng.uniform(0.6, 1.0, size=(n, 2, 1))).astype(np.int64)
     vel = rng.integers(-1, 2, size=(n, 2, 2))                   # (n, shape, (dy, dx))
     start = rng.integers(0, span + 1, size=(n, 2, 2)) + np.where(vel < 0, show - 1, 0)
+    centres = np.full((n, T, 2), np.nan, dtype=np.float32)     # (n, T, (row, col))
     for j, t0 in enumerate((0, T - show)):                      # shape A, then shape B
         m = masks[types[:, j]]                                  # (n, s, s)
         for k in range(show):
             pos = start[:, j] + k * vel[:, j]                   # (n, 2) top-left corner
+            centres[:, t0 + k] = pos + (s - 1) / 2
             rows = pos[:, 0, None] + np.arange(s)               # (n, s)
             cols = pos[:, 1, None] + np.arange(s)
             index = (np.arange(n)[:, None, None], slice(None), t0 + k, rows[:, :, None], cols[:, None, :])
@@ -241,7 +249,7 @@ def _render(rng: np.random.Generator, n: int, frames: int, size: int, masks: np.
         patch = video[index]                                    # (n, mid, s, s, C)
         video[index] = np.where(bar[..., None], bar_colour[:, :, None, None, :], patch)
 
-    return video, labels, types
+    return video, labels, types, centres
 
 
 def moving_shapes(n_train: int = 4000, n_val: int = 1000, frames: int = 8, size: int = 32, seed: int = 0,
@@ -268,7 +276,8 @@ def moving_shapes(n_train: int = 4000, n_val: int = 1000, frames: int = 8, size:
 
     Returns:
         :class:`MovingShapes` with uint8 clips (N, 3, T, H, W) and int64 labels for train
-        and val, the shape types of each clip, the shape names and the class names.
+        and val, the shape types of each clip, the shape names, the class names and the
+        centre of the shape in each frame.
     """
     n_train = _check_int("n_train", n_train, 1)
     n_val = _check_int("n_val", n_val, 1)
@@ -295,11 +304,11 @@ def moving_shapes(n_train: int = 4000, n_val: int = 1000, frames: int = 8, size:
     train_ss, val_ss = np.random.SeedSequence([seed, 0x5EED]).spawn(2)
     out = []
     for ss, n in ((train_ss, n_train), (val_ss, n_val)):
-        clips, labels, types = _render(np.random.default_rng(ss), n, frames, size, masks, noise,
-                                       bool(distractors), palette)
-        out.append((torch.from_numpy(clips), torch.from_numpy(labels), torch.from_numpy(types)))
-    (tc, tl, tt), (vc, vl, vt) = out
-    return MovingShapes(tc, tl, vc, vl, tt, vt, shapes, CLASSES)
+        clips, labels, types, centres = _render(np.random.default_rng(ss), n, frames, size, masks, noise,
+                                                bool(distractors), palette)
+        out.append([torch.from_numpy(a) for a in (clips, labels, types, centres)])
+    (tc, tl, tt, tz), (vc, vl, vt, vz) = out
+    return MovingShapes(tc, tl, vc, vl, tt, vt, shapes, CLASSES, tz, vz)
 
 
 # --------------------------------------------------------------------------------------
