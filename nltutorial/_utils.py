@@ -18,7 +18,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["check_image", "check_odd", "check_positive_int", "check_ratio", "create_layer",
+__all__ = ["check_image", "check_int", "check_odd", "check_positive_int", "check_ratio", "create_layer",
            "make_divisible", "reduced_channels"]
 
 LayerSpec = Union[Callable[[], nn.Module], nn.Module]
@@ -28,6 +28,14 @@ def check_positive_int(name: str, value) -> int:
     """Return ``value`` if it is an int ≥ 1 (bools refused), else raise ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def check_int(name: str, value, minimum: int) -> int:
+    """Return ``value`` as an int if it is an integer ≥ ``minimum`` (bools refused), else raise
+    ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
 
 

@@ -88,6 +88,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._utils import check_positive_int
 from .data import data_root
 
 #: The values of ``split``. ``"test"`` exists only in the split-folder layout.
@@ -115,12 +116,6 @@ class VideoSkippedWarning(UserWarning):
 # --------------------------------------------------------------------------------------
 # Arguments
 # --------------------------------------------------------------------------------------
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _check_split(split) -> str:
@@ -247,9 +242,9 @@ def sample_indices(num_frames: int, frames: int, frame_stride: int) -> list[int]
     (num_frames - span) // 2. A shorter clip is read from frame 0 and padded with its last
     frame, e.g. ``sample_indices(6, 4, 2) == [0, 2, 4, 5]``.
     """
-    frames = _check_positive_int("frames", frames)
-    frame_stride = _check_positive_int("frame_stride", frame_stride)
-    num_frames = _check_positive_int("num_frames", num_frames)
+    frames = check_positive_int("frames", frames)
+    frame_stride = check_positive_int("frame_stride", frame_stride)
+    num_frames = check_positive_int("num_frames", num_frames)
     span = (frames - 1) * frame_stride + 1
     start = max(0, (num_frames - span) // 2)
     return [min(start + k * frame_stride, num_frames - 1) for k in range(frames)]
@@ -353,9 +348,9 @@ def read_clip(path: str | os.PathLike, frames: int = 8, frame_stride: int = 2, s
     FileNotFoundError when ``path`` does not exist, ImportError when a video needs PyAV and
     it is not installed.
     """
-    frames = _check_positive_int("frames", frames)
-    frame_stride = _check_positive_int("frame_stride", frame_stride)
-    size = _check_positive_int("size", size)
+    frames = check_positive_int("frames", frames)
+    frame_stride = check_positive_int("frame_stride", frame_stride)
+    size = check_positive_int("size", size)
     path = Path(path)
     if path.is_dir():
         reader = _folder_frames
@@ -459,9 +454,9 @@ def load_kinetics_folder(
     Unreadable clips are skipped with a VideoSkippedWarning naming them; ValueError if none
     is readable.
     """
-    frames = _check_positive_int("frames", frames)
-    frame_stride = _check_positive_int("frame_stride", frame_stride)
-    size = _check_positive_int("size", size)
+    frames = check_positive_int("frames", frames)
+    frame_stride = check_positive_int("frame_stride", frame_stride)
+    size = check_positive_int("size", size)
     if cache_dir is True or (cache_dir is not None and cache_dir is not False
                              and not isinstance(cache_dir, (str, os.PathLike))):
         raise ValueError(f"cache_dir must be a folder, None (the default folder) or False (no cache), "

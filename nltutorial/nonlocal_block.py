@@ -83,7 +83,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["NonLocalBlock", "MODES", "IMPLEMENTATIONS", "CONCAT_ALGORITHMS"]
+__all__ = ["NonLocalBlock", "MODES", "IMPLEMENTATIONS", "CONCAT_ALGORITHMS", "wake"]
 
 MODES = ("gaussian", "embedded", "dot", "concatenation")
 IMPLEMENTATIONS = ("fast", "naive")
@@ -543,3 +543,29 @@ class NonLocalBlock(nn.Module):
                 and w.shape[:2] == (1, 2 * self.inter_channels) and w.numel() == 2 * self.inter_channels:
             state_dict[key] = w.reshape(1, -1, 1, 1)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def wake(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every :class:`NonLocalBlock` in ``module`` (or ``module`` itself) a non-zero W_z.
+
+    A fresh block is the identity, z = x, because W_z starts at zero; this gives its last
+    layer random values, as training would, so that checks of the block see the attention
+    term. With ``bn_layer=True`` the BatchNorm after the W_z convolution gets scale ~ N(0, 1)
+    and shift ~ 0.1·N(0, 1); otherwise the W_z convolution gets weight ~ N(0, 1/d) and bias
+    ~ 0.1·N(0, 1). Draws come from a generator seeded with ``seed``, block after block in
+    ``module.modules()`` order. Returns ``module`` (changed in place).
+    """
+    blocks = [m for m in module.modules() if isinstance(m, NonLocalBlock)]
+    if not blocks:
+        raise ValueError(f"module must be or contain a NonLocalBlock, got {type(module).__name__}")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in blocks:
+            if block.bn_layer:
+                scale, shift = block.W[1].weight, block.W[1].bias
+            else:
+                scale, shift = block.W.weight, block.W.bias
+            std = 1.0 if block.bn_layer else block.inter_channels ** -0.5
+            scale.copy_(std * torch.randn(scale.shape, generator=gen))
+            shift.copy_(0.1 * torch.randn(shift.shape, generator=gen))
+    return module

@@ -88,6 +88,7 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from ._utils import check_int
 from .loader import EpochLoader, _as_labels, _check_common, _default_device
 
 __all__ = [
@@ -178,12 +179,6 @@ class MovingShapes(NamedTuple):
     classes: tuple = CLASSES
     train_centres: torch.Tensor | None = None
     val_centres: torch.Tensor | None = None
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _render(rng: np.random.Generator, n: int, frames: int, size: int, masks: np.ndarray,
@@ -279,21 +274,21 @@ def moving_shapes(n_train: int = 4000, n_val: int = 1000, frames: int = 8, size:
         and val, the shape types of each clip, the shape names, the class names and the
         centre of the shape in each frame.
     """
-    n_train = _check_int("n_train", n_train, 1)
-    n_val = _check_int("n_val", n_val, 1)
-    frames = _check_int("frames", frames, 3)
-    size = _check_int("size", size, 8)
-    seed = _check_int("seed", seed, 0)
+    n_train = check_int("n_train", n_train, 1)
+    n_val = check_int("n_val", n_val, 1)
+    frames = check_int("frames", frames, 3)
+    size = check_int("size", size, 8)
+    seed = check_int("seed", seed, 0)
     shapes = tuple(shapes)
     if len(shapes) < 2 or len(set(shapes)) != len(shapes):
         raise ValueError(f"shapes must name at least 2 distinct types from {SHAPES}, got {shapes!r}")
     if shape_size is None:
         shape_size = max(5, round(0.28 * size))
-    shape_size = _check_int("shape_size", shape_size, 5)
+    shape_size = check_int("shape_size", shape_size, 5)
     show = max(1, frames // 4)
     if shape_size + show - 1 > size:
         raise ValueError(f"shape_size ({shape_size}) plus the motion ({show - 1} px) must fit in size ({size})")
-    noise = _check_int("noise", noise, 0)
+    noise = check_int("noise", noise, 0)
     if noise >= 96:
         raise ValueError(f"noise must be < 96 (the darkest shape colour), got {noise}")
     masks = shape_masks(shape_size, shapes)

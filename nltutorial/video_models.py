@@ -93,6 +93,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._utils import check_int
 from .models import AttentionHost, AttentionSite
 from .nonlocal_block import NonLocalBlock
 
@@ -165,12 +166,6 @@ class BasicBlock3d(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 class VideoResNet(AttentionHost):
     """C2D or I3D ResNet for clips (B, C_in, T, H, W), optionally with space-time NL blocks.
 
@@ -194,9 +189,9 @@ class VideoResNet(AttentionHost):
                  attention: Optional[str] = None, nl_stages: Sequence[int] = (2, 3),
                  temporal_padding: str = "replicate", **attention_kwargs) -> None:
         super().__init__()
-        _check_int("num_classes", num_classes)
-        _check_int("in_channels", in_channels)
-        _check_int("width", width)
+        check_int("num_classes", num_classes, 1)
+        check_int("in_channels", in_channels, 1)
+        check_int("width", width, 1)
         if attention is not None and attention not in VIDEO_ATTENTIONS:
             raise ValueError(f"attention must be None or one of {VIDEO_ATTENTIONS}, got {attention!r}")
         if attention is None and attention_kwargs:

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from nltutorial.nonlocal_block import MODES, NonLocalBlock, relu_pairs_sorted
+from nltutorial.nonlocal_block import MODES, NonLocalBlock, relu_pairs_sorted, wake
+from nltutorial.video_models import video_resnet
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -449,3 +450,34 @@ def test_cuda_fast_matches_naive(mode, inter_channels):
     with torch.autocast("cuda", dtype=torch.float16):
         block.implementation = "fast"
         assert torch.isfinite(block(10 * x.detach())).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# wake: a non-zero W_z for checks of the attention term
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bn_layer", [True, False])
+def test_wake_makes_the_block_differ_from_the_identity_and_is_seeded(bn_layer):
+    x = torch.randn(2, 8, 6, 5)
+    torch.manual_seed(0)
+    block = NonLocalBlock(8, bn_layer=bn_layer).eval()
+    assert torch.equal(block(x), x)                                  # fresh: the identity
+    assert wake(block, seed=3) is block
+    z = block(x)
+    assert (z - x).abs().max() > 1e-3
+    torch.manual_seed(0)
+    again = wake(NonLocalBlock(8, bn_layer=bn_layer).eval(), seed=3)
+    assert torch.equal(again(x), z)                                  # same seed, same block
+    torch.manual_seed(0)
+    other = wake(NonLocalBlock(8, bn_layer=bn_layer).eval(), seed=4)
+    assert not torch.equal(other(x), z)
+
+
+def test_wake_reaches_every_block_of_a_model_and_names_bad_input():
+    model = wake(video_resnet("c2d", attention="nl3d"))
+    blocks = model.nl_blocks()
+    assert len(blocks) == 2 and all(b.W[1].weight.abs().min() > 0 for b in blocks)
+    assert not torch.equal(blocks[0].W[1].weight[:4], blocks[1].W[1].weight[:4])  # one stream, not reseeded
+    with pytest.raises(ValueError, match="module must be or contain a NonLocalBlock"):
+        wake(torch.nn.Conv2d(3, 3, 1))

@@ -285,3 +285,12 @@ def test_clip_loader_takes_numpy_and_set_epoch_checks():
     assert len(loader) == 2 and next(iter(loader))[0].shape == (4, 3, 4, 6, 8)
     with pytest.raises(ValueError, match="epoch"):
         loader.set_epoch(-1)
+
+
+def test_integer_arguments_take_numpy_ints_and_refuse_bools():
+    d = moving_shapes(np.int64(6), np.int32(4), frames=np.int64(8), seed=np.int64(0))
+    assert d.train_clips.shape == (6, 3, 8, 32, 32)
+    with pytest.raises(ValueError, match=r"n_train must be an int >= 1, got True"):
+        moving_shapes(n_train=True)
+    with pytest.raises(ValueError, match=r"frames must be an int >= 3, got 8.0"):
+        moving_shapes(frames=8.0)
