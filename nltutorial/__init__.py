@@ -22,6 +22,7 @@ gcnet           GCNet's global context block
 local_relation  the local relation layer of LR-Net
 factory         create_attention(name, channels, **kwargs)
 plotting        small matplotlib helpers used by the chapters
+tables          result tables shown as HTML in the book, as aligned text in a terminal
 cost            parameters, FLOPs (with CPU attention) and peak memory of a module
 timing, verify  timing and the numerical checks the chapters print
 analysis        GCNet's query-dependence measurement and attention-map helpers
@@ -40,6 +41,7 @@ from .local_relation import LocalRelation2d, LRBottleneck, lr_resnet_stage
 from .nl_means import nl_means, nl_means_weights, patch_embeddings, patch_kernel
 from .nonlocal_block import NonLocalBlock
 from .sagan import SelfAttention2d
+from .tables import table
 from .se import SqueezeExcite
 from .verify import assert_close
 
@@ -74,5 +76,6 @@ __all__ = [
     "reduced_channels",
     "sample_image",
     "ssim",
+    "table",
 ]
 __version__ = "0.1.0"
