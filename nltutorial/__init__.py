@@ -41,7 +41,7 @@ from .local_relation import LocalRelation2d, LRBottleneck, lr_resnet_stage
 from .nl_means import nl_means, nl_means_weights, patch_embeddings, patch_kernel
 from .nonlocal_block import NonLocalBlock
 from .sagan import SelfAttention2d
-from .tables import table
+from .tables import glue, table
 from .se import SqueezeExcite
 from .verify import assert_close
 
@@ -65,6 +65,7 @@ __all__ = [
     "count_flops",
     "count_parameters",
     "create_attention",
+    "glue",
     "lr_resnet_stage",
     "make_divisible",
     "nl_means",

@@ -1,9 +1,13 @@
-"""Small result tables that render as HTML in the book and as aligned text in a terminal.
+"""What a chapter shows: result tables (HTML in the book, aligned text in a terminal) and ``glue``.
 
 ``table(rows, columns)`` returns a :class:`Table`; a notebook cell that ends with it shows an
 HTML ``<table>`` (Jupyter's ``_repr_html_``), a plain ``print`` shows fixed-width text. Numbers
 are formatted once, by ``formats`` (a format spec per column, e.g. ``{"PSNR (dB)": ".2f"}``), so
 both views show the same digits. No pandas needed.
+
+``glue(name, value)`` records a value for the book's prose (myst-nb's ``{glue:text}`name:.2f```),
+with the same output myst-nb's own ``glue`` writes, so that a chapter runs in Colab or plain Jupyter
+without myst-nb installed.
 """
 
 from __future__ import annotations
@@ -12,7 +16,28 @@ import html
 import numbers
 from typing import Mapping, Optional, Sequence
 
-__all__ = ["Table", "table"]
+__all__ = ["GLUE_PREFIX", "Table", "glue", "table"]
+
+#: The mime-type prefix myst-nb reads glued values from (``myst_nb.ext.glue.GLUE_PREFIX``).
+GLUE_PREFIX = "application/papermill.record/"
+
+
+def glue(name: str, value, display: bool = False) -> None:
+    """Record ``value`` under ``name`` for ``{glue:text}`` / ``{glue}`` in the chapter's prose.
+
+    Writes the display output myst-nb's ``glue`` writes (its mime bundle under
+    :data:`GLUE_PREFIX`, ``metadata["scrapbook"]``), hidden unless ``display``. Round a number to
+    what is stable before gluing it: the stored text is what nbval compares.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"glue: name must be a non-empty string, got {name!r}")
+    from IPython.core.formatters import format_display_data
+    from IPython.display import display as ipy_display
+
+    bundle, metadata = format_display_data(value)
+    prefix = "" if display else GLUE_PREFIX
+    metadata["scrapbook"] = {"name": name, "mime_prefix": prefix}
+    ipy_display({prefix + k: v for k, v in bundle.items()}, raw=True, metadata=metadata)
 
 
 def _cell(value, spec: Optional[str]) -> str:

@@ -31,3 +31,20 @@ def test_bad_rows_and_formats_name_the_problem():
         nlt.table([[1, 2], [3]], ["a", "b"])
     with pytest.raises(ValueError, match="formats names unknown columns"):
         nlt.table([[1]], ["a"], formats={"b": ".1f"})
+
+
+def test_glue_writes_what_myst_nb_reads(monkeypatch):
+    import IPython.display
+    from myst_nb.ext.glue import GLUE_PREFIX
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw, metadata: shown.append((obj, metadata)))
+    nlt.glue("gain", 1.25)
+    nlt.glue("table", nlt.table([[1]], ["a"]), display=True)
+    (hidden, meta), (visible, meta2) = shown
+    assert nlt.tables.GLUE_PREFIX == GLUE_PREFIX
+    assert hidden == {GLUE_PREFIX + "text/plain": "1.25"}
+    assert meta["scrapbook"] == {"name": "gain", "mime_prefix": GLUE_PREFIX}
+    assert "text/html" in visible and meta2["scrapbook"]["mime_prefix"] == ""
+    with pytest.raises(ValueError, match="name must be a non-empty string"):
+        nlt.glue("", 1)
