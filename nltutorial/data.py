@@ -24,9 +24,16 @@ Where the data lives
 ``root`` is, in this order: the ``root`` argument, the environment variable
 ``NLTUTORIAL_DATA``, or ``~/.cache/nltutorial``. The images are read from
 ``root/cifar-10-batches-py``. When that folder is missing and ``download=True`` the official
-archive is fetched from a list of mirrors (tried in order, each with a timeout), its md5 is
-checked while it streams in, and it is unpacked safely. A failure at any step leaves
-``root`` as it was: no partial archive, no temporary files, no half-extracted folder.
+archive is fetched from a list of mirrors (tried in order, each with a per-read timeout and an
+overall deadline), its md5 is checked while it streams in, and it is unpacked safely. A failure
+at any step, Ctrl-C or SIGTERM included, leaves ``root`` as it was: no partial archive, no
+temporary files, no half-extracted folder. A folder with a batch missing is reported, never
+read as if complete (``download=True`` re-extracts it from a verified archive in ``root``).
+
+Reading is safe too: the batches are pickles, and a pickle can ask to call any function, so
+they are read by an unpickler that admits only what the format needs (numpy arrays and dtypes,
+builtin containers), and every batch is checked (uint8 ``data`` of shape (n, 3072), n integer
+``labels`` in 0..9) before it is used.
 
 Example
 -------
@@ -40,17 +47,20 @@ Example
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import numbers
 import os
 import pickle
 import shutil
 import tarfile
 import tempfile
-import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from ._download import DiskFullError, check_seconds, download
 
 #: The ten classes, in label order (label k is ``CIFAR10_CLASSES[k]``).
 CIFAR10_CLASSES = (
@@ -97,7 +107,11 @@ CIFAR10_FILE_MD5 = {
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCHES = ("test_batch",)
 
-_CHUNK = 1 << 20  # bytes read per step while downloading (1 MiB)
+#: Default overall deadline of one mirror's download, in seconds: 30 min for the 170 MB
+#: archive, about 100 kB/s at the least (each read also has its own ``timeout``).
+CIFAR10_DEADLINE = 30 * 60.0
+
+_CHUNK = 1 << 20  # bytes read per step while hashing and unpacking (1 MiB)
 
 
 class DatasetDownloadError(RuntimeError):
@@ -109,6 +123,14 @@ class DatasetDownloadError(RuntimeError):
 
 class UnsafeArchiveError(DatasetDownloadError):
     """The archive holds a member that would be written outside its folder (or a link)."""
+
+
+class UnsafePickleError(ValueError):
+    """A batch file asks the unpickler for a function a CIFAR-10 batch never needs (os.system, say)."""
+
+
+class IncompleteDatasetError(FileNotFoundError):
+    """``cifar-10-batches-py`` exists but a batch file is missing (an interrupted or partial unpack)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -123,26 +145,34 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root).expanduser()
 
 
-#: Where the project's offline subset lives, relative to the checkout's parent folder.
+#: Where the project's offline copies live, relative to the checkout's parent folder: all
+#: 60 000 images, and the first 1000 images of every batch.
+OFFLINE_FULL = Path("shared") / "data" / "cifar-10"
 OFFLINE_SUBSET = Path("shared") / "data" / "cifar-10-subset"
+
+
+def _search_starts() -> list[Path]:
+    """Folders from which the offline copies are searched upwards: the current one, the package's."""
+    return [Path.cwd().resolve(), Path(__file__).resolve().parent]
 
 
 def locate_cifar10(root: str | os.PathLike | None = None) -> Path:
     """A root that already holds ``cifar-10-batches-py``, else the default download root.
 
-    Looks in ``root`` (if given), ``$NLTUTORIAL_DATA``, ``~/.cache/nltutorial``, and the
-    project's offline subset ``shared/data/cifar-10-subset`` beside the checkout (searched from
-    the current folder upwards, and from the package's checkout). With nothing found it returns
-    :func:`data_root` (``cifar10`` then downloads there). The chapters call
+    Looks in ``root`` (if given), ``$NLTUTORIAL_DATA``, ``~/.cache/nltutorial``, then the
+    project's offline copies beside the checkout (searched from the current folder upwards, and
+    from the package's checkout): the full ``shared/data/cifar-10`` first, then the subset
+    ``shared/data/cifar-10-subset``. With nothing found it returns :func:`data_root`
+    (``cifar10`` then downloads there). The chapters call
     ``cifar10(locate_cifar10(), per_batch=1000)``: the same 5000 + 1000 images whether the full
-    set was downloaded or the subset is used.
+    set or the subset is used.
     """
     candidates = [Path(root).expanduser()] if root is not None else []
     if os.environ.get("NLTUTORIAL_DATA"):
         candidates.append(Path(os.environ["NLTUTORIAL_DATA"]).expanduser())
     candidates.append(Path("~").expanduser() / ".cache" / "nltutorial")
-    for start in (Path.cwd().resolve(), Path(__file__).resolve().parent):
-        candidates += [parent / OFFLINE_SUBSET for parent in [start, *start.parents][:4]]
+    parents = [parent for start in _search_starts() for parent in [start, *start.parents][:4]]
+    candidates += [parent / copy for copy in (OFFLINE_FULL, OFFLINE_SUBSET) for parent in parents]
     for candidate in candidates:
         if (candidate / CIFAR10_FOLDER).is_dir():
             return candidate
@@ -185,8 +215,8 @@ def _manual_instructions(root: Path, md5: str) -> str:
         f"download {CIFAR10_URL} (md5 {md5}) and either place it at "
         f"{root / CIFAR10_ARCHIVE} (it is then verified and unpacked) or unpack it there so that "
         f"{root / CIFAR10_FOLDER} exists; or set NLTUTORIAL_DATA (or pass root=) to a folder that "
-        f"already holds {CIFAR10_FOLDER}/, such as the project's offline subset "
-        f"shared/data/cifar-10-subset."
+        f"already holds {CIFAR10_FOLDER}/, such as the project's offline copies "
+        f"shared/data/cifar-10 and shared/data/cifar-10-subset."
     )
 
 
@@ -195,32 +225,141 @@ def _manual_instructions(root: Path, md5: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def _entry(batch: dict, key: str):
+def _latin1_encode(text, encoding="latin1"):
+    """``_codecs.encode`` as pickles of bytes use it (protocol 2): latin-1 only."""
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r}")
+    return codecs.encode(text, "latin1")
+
+
+def _safe_globals() -> dict:
+    """{(module, name): object} a CIFAR-10 batch may name, under numpy 1 and numpy 2 spellings."""
+    array = np.zeros(1, np.uint8)
+    reconstruct = array.__reduce__()[0]  # numpy(._core).multiarray._reconstruct
+    frombuffer = array.__reduce_ex__(5)[0]  # numpy(._core).numeric._frombuffer (protocol 5)
+    scalar = np.int64(0).__reduce__()[0]  # numpy(._core).multiarray.scalar (a numpy int label)
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): _latin1_encode}
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{core}.multiarray", "scalar")] = scalar
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    for builtins in ("builtins", "__builtin__"):  # Python 3 and Python 2 (the official files)
+        for container in (list, dict, tuple, set, frozenset, bytes, bytearray):
+            allowed[(builtins, container.__name__)] = container
+    return allowed
+
+
+_SAFE_GLOBALS = _safe_globals()
+
+
+class _Refused(pickle.UnpicklingError):
+    def __init__(self, module: str, name: str):
+        super().__init__(f"{module}.{name}")
+        self.module, self.name = module, name
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler that can build numpy arrays, dtypes and builtin containers, and nothing else."""
+
+    def find_class(self, module, name):
+        try:
+            return _SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise _Refused(module, name) from None
+
+
+def _unpickle(path: Path):
+    """The object pickled in ``path``, read with :class:`_BatchUnpickler`."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: not a CIFAR-10 batch: the file is empty")
+    try:
+        with open(path, "rb") as f:
+            return _BatchUnpickler(f, encoding="latin1").load()
+    except _Refused as err:
+        raise UnsafePickleError(
+            f"{path}: refused to unpickle: it asks for {err.module}.{err.name}, which a CIFAR-10 batch "
+            "never needs (only numpy arrays, dtypes and builtin containers are allowed). The file is "
+            "corrupt or was planted; do not open it with pickle.load. Delete it and get the data again."
+        ) from None
+    except Exception as err:  # EOFError, UnpicklingError, and whatever a garbled pickle raises
+        raise ValueError(f"{path}: not a CIFAR-10 batch: truncated or not a pickle ({type(err).__name__}: "
+                         f"{err})") from None
+
+
+def _entry(batch: dict, key: str, path: Path):
     """``batch[key]`` whether the pickle stored the key as str or as bytes."""
-    if key in batch:
-        return batch[key]
-    if key.encode() in batch:
-        return batch[key.encode()]
-    raise KeyError(key)
+    for k in (key, key.encode()):
+        if k in batch:
+            return batch[k]
+    raise ValueError(f"{path}: not a CIFAR-10 batch (no {key!r} entry)")
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} array of shape {value.shape}"
+    return f"a {type(value).__name__}"
+
+
+def _check_labels(labels, n: int, path: Path) -> np.ndarray:
+    """``labels`` as an int64 array (n,) if they are n integers in 0..9, else ValueError naming ``path``."""
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"{path}: 'labels' must be integers 0..9, got {_describe(labels)}")
+    elif isinstance(labels, (list, tuple)):
+        bad = next((v for v in labels if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral)),
+                   None)
+        if bad is not None:
+            raise ValueError(f"{path}: 'labels' must be integers 0..9, got {bad!r} ({type(bad).__name__})")
+    else:
+        raise ValueError(f"{path}: 'labels' must be a list of n integers 0..9, got {_describe(labels)}")
+    if len(labels) != n:
+        raise ValueError(f"{path}: 'data' holds {n} images but {len(labels)} labels")
+    out = np.asarray(labels, dtype=np.int64)  # (n,)
+    wrong = np.flatnonzero((out < 0) | (out > 9))
+    if wrong.size:
+        raise ValueError(f"{path}: 'labels' must be in 0..9, got {out[wrong[0]]} at index {wrong[0]}")
+    return out
 
 
 def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read one pickled batch: images (n, 32, 32, 3) uint8 HWC and labels (n,) int64."""
+    """Read one pickled batch: images (n, 32, 32, 3) uint8 HWC and labels (n,) int64.
+
+    The pickle is read by a restricted unpickler (UnsafePickleError for anything but numpy
+    arrays, dtypes and builtin containers) and checked: a dict whose ``data`` is a uint8
+    array (n, 3072), n ≥ 1, and whose ``labels`` are n integers in 0..9. Anything else is a
+    ValueError naming the file and what is wrong.
+    """
     path = Path(path)
-    with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="latin1")
-    try:
-        data = np.asarray(_entry(batch, "data"), dtype=np.uint8)  # (n, 3072)
-        labels = np.asarray(_entry(batch, "labels"), dtype=np.int64)  # (n,)
-    except KeyError as err:
-        raise ValueError(f"{path}: not a CIFAR-10 batch (no {err.args[0]!r} entry)") from None
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
-        raise ValueError(
-            f"{path}: expected data (n, 3072) and labels (n,), got {data.shape} and {labels.shape}"
-        )
+    batch = _unpickle(path)
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path}: not a CIFAR-10 batch: the pickle holds {_describe(batch)}, expected a dict "
+                         "with 'data' and 'labels'")
+    data = _entry(batch, "data", path)  # (n, 3072) uint8
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        raise ValueError(f"{path}: 'data' must be a uint8 array of shape (n, 3072), got {_describe(data)}")
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{path}: 'data' must have shape (n, 3072), got {data.shape}")
+    if data.shape[0] == 0:
+        raise ValueError(f"{path}: the batch holds no images")
+    labels = _check_labels(_entry(batch, "labels", path), data.shape[0], path)  # (n,) int64
     # (n, 3072) → (n, 3, 32, 32) [C, H, W] → (n, 32, 32, 3) [H, W, C]
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
+
+
+def _missing_batches(folder: Path) -> list[str]:
+    """The batch files (training and test) that ``folder`` lacks."""
+    return [name for name in TRAIN_BATCHES + TEST_BATCHES if not (folder / name).is_file()]
+
+
+def _incomplete(folder: Path, missing: list[str]) -> IncompleteDatasetError:
+    return IncompleteDatasetError(
+        f"{folder} is incomplete: {', '.join(missing)} missing (an interrupted or partial unpack?). "
+        f"Delete the folder {folder} and call cifar10(download=True) again; with the verified archive "
+        f"{folder.parent / CIFAR10_ARCHIVE} present, cifar10(download=True) re-extracts it without deleting "
+        "anything."
+    )
 
 
 def _check_per_batch(per_batch) -> None:
@@ -238,6 +377,11 @@ def load_cifar10_folder(
     """
     _check_per_batch(per_batch)
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"CIFAR-10 folder not found: {folder}")
+    missing = _missing_batches(folder)
+    if missing:
+        raise _incomplete(folder, missing)
     parts = [read_batch(folder / name) for name in (TRAIN_BATCHES if train else TEST_BATCHES)]
     if per_batch is not None:
         short = [(name, len(p[1])) for name, p in zip(TRAIN_BATCHES if train else TEST_BATCHES, parts)
@@ -281,29 +425,20 @@ def _file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fetch(url: str, destination: Path, md5: str, timeout: float) -> None:
+def _fetch(url: str, destination: Path, md5: str, timeout: float, deadline: float) -> None:
     """Stream ``url`` into a temporary file next to ``destination``, check md5, move in place.
 
-    Raises OSError/URLError on network trouble and DatasetDownloadError on a checksum
-    mismatch; in every case the temporary file is removed.
+    Each read waits at most ``timeout`` s and the whole download at most ``deadline`` s.
+    Raises OSError/URLError on network trouble, DownloadDeadlineError (a TimeoutError) past the
+    deadline, DiskFullError when the disk fills up, and DatasetDownloadError on a checksum
+    mismatch; in every case (Ctrl-C and SIGTERM too) the temporary file is removed.
     """
-    fd, tmp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest = _md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            while True:
-                chunk = response.read(_CHUNK)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != md5.lower():
-            raise DatasetDownloadError(f"md5 mismatch: expected {md5}, got {digest.hexdigest()}")
-        os.replace(tmp, destination)
-    except BaseException:
-        _remove(tmp)
-        raise
+
+    def check_md5(part: Path, actual: str) -> None:
+        if actual != md5.lower():
+            raise DatasetDownloadError(f"md5 mismatch: expected {md5}, got {actual}")
+
+    download(url, destination, _md5(), timeout=timeout, deadline=deadline, check=check_md5)
 
 
 def _check_member(member: tarfile.TarInfo) -> PurePosixPath:
@@ -322,13 +457,15 @@ def _check_member(member: tarfile.TarInfo) -> PurePosixPath:
     return PurePosixPath(*parts)
 
 
-def extract_archive(archive: str | os.PathLike, root: str | os.PathLike) -> Path:
+def extract_archive(archive: str | os.PathLike, root: str | os.PathLike, *, replace: bool = False) -> Path:
     """Unpack the CIFAR-10 archive safely into ``root`` and return ``root/cifar-10-batches-py``.
 
     Every member is checked before anything is written: it must be a plain file or folder
     under ``cifar-10-batches-py/`` with a relative path and no ``..``. The files are written
     into a temporary folder inside ``root``, which is renamed into place once complete;
-    on any failure the temporary folder is removed.
+    on any failure the temporary folder is removed. With ``replace=True`` an existing
+    ``cifar-10-batches-py`` (an incomplete one, say) is swapped out for the new folder and
+    removed; without it an existing folder is kept.
     """
     archive, root = Path(archive), Path(root)
     target = root / CIFAR10_FOLDER
@@ -350,11 +487,19 @@ def extract_archive(archive: str | os.PathLike, root: str | os.PathLike) -> Path
             raise DatasetDownloadError(f"{archive} is not a readable tar archive: {err}") from err
         if not (tmp_dir / CIFAR10_FOLDER).is_dir():
             raise DatasetDownloadError(f"{archive} holds no {CIFAR10_FOLDER}/ folder")
-        try:
-            os.replace(tmp_dir / CIFAR10_FOLDER, target)
-        except OSError:
-            if not target.is_dir():  # someone else unpacked it meanwhile: fine
+        if replace and target.is_dir():
+            os.replace(target, tmp_dir / "previous")  # removed with tmp_dir below
+            try:
+                os.replace(tmp_dir / CIFAR10_FOLDER, target)
+            except BaseException:
+                os.replace(tmp_dir / "previous", target)  # put the old folder back
                 raise
+        else:
+            try:
+                os.replace(tmp_dir / CIFAR10_FOLDER, target)
+            except OSError:
+                if not target.is_dir():  # someone else unpacked it meanwhile: fine
+                    raise
     finally:
         _remove(tmp_dir)
     return target
@@ -366,46 +511,72 @@ def download_cifar10(
     *,
     md5: str = CIFAR10_MD5,
     timeout: float = 30.0,
+    deadline: float = CIFAR10_DEADLINE,
 ) -> Path:
-    """Make sure ``root/cifar-10-batches-py`` exists, downloading it if needed; return it.
+    """Make sure ``root/cifar-10-batches-py`` exists and is complete, downloading it if needed.
 
     An archive already at ``root/cifar-10-python.tar.gz`` (downloaded by hand, say) is
-    verified and unpacked without touching the network. Otherwise each mirror is tried in
-    order, with ``timeout`` seconds per network operation, until one gives an archive whose
-    md5 is ``md5``. The archive stays in ``root`` next to the unpacked folder.
+    verified and unpacked without touching the network; it also repairs a folder with a batch
+    missing (without the archive such a folder raises IncompleteDatasetError). Otherwise each
+    mirror is tried in order, with ``timeout`` seconds per network read and ``deadline``
+    seconds for the whole download, until one gives an archive whose md5 is ``md5``. The
+    archive stays in ``root`` next to the unpacked folder. Returns the folder.
 
     Raises DatasetDownloadError (a RuntimeError) listing what went wrong and how to get the
-    data by hand; ``root`` is then left as it was.
+    data by hand, at once on a full disk; ``root`` is then left as it was.
     """
+    check_seconds("timeout", timeout)
+    check_seconds("deadline", deadline)
     root = data_root(root)
     target = root / CIFAR10_FOLDER
+    archive = root / CIFAR10_ARCHIVE
     if target.is_dir():
-        return target
+        missing = _missing_batches(target)
+        if not missing:
+            return target
+        if not archive.is_file():
+            raise _incomplete(target, missing)
+        _check_archive(archive, md5, root)
+        return extract_archive(archive, root, replace=True)
     if mirrors is None:
         mirrors = CIFAR10_MIRRORS
     elif isinstance(mirrors, str):
         mirrors = [mirrors]
     mirrors = list(mirrors)
     root.mkdir(parents=True, exist_ok=True)
-    archive = root / CIFAR10_ARCHIVE
-
     if archive.is_file():  # placed by hand: verify it, never delete it
-        actual = _file_md5(archive)
-        if actual != md5.lower():
-            raise DatasetDownloadError(
-                f"{archive} has md5 {actual}, expected {md5}: it is incomplete or not the "
-                f"CIFAR-10 python archive. Remove it and try again, or "
-                + _manual_instructions(root, md5)
-            )
+        _check_archive(archive, md5, root)
         return extract_archive(archive, root)
+    return _download_from_mirrors(mirrors, root, md5, timeout, deadline)
 
+
+def _check_archive(archive: Path, md5: str, root: Path) -> None:
+    """DatasetDownloadError unless ``archive`` has md5 ``md5`` (the file is kept either way)."""
+    actual = _file_md5(archive)
+    if actual != md5.lower():
+        raise DatasetDownloadError(
+            f"{archive} has md5 {actual}, expected {md5}: it is incomplete or not the "
+            f"CIFAR-10 python archive. Remove it and try again, or "
+            + _manual_instructions(root, md5)
+        )
+
+
+def _download_from_mirrors(mirrors: list, root: Path, md5: str, timeout: float, deadline: float) -> Path:
+    """Try each mirror in turn; unpack the first verified archive; return the folder."""
+    archive = root / CIFAR10_ARCHIVE
     failures = []
     for url in mirrors:
         try:
-            _fetch(url, archive, md5, timeout)
+            _fetch(url, archive, md5, timeout, deadline)
+        except DiskFullError as err:  # not the mirror's fault: the next one would fail too
+            raise DatasetDownloadError(
+                f"{err.strerror}: the archive needs about 170 MB and its folder another 180 MB; "
+                f"free some space or pass another root=. Nothing was left in {root}."
+            ) from err
         except Exception as err:
             # URLError/OSError: refused connection, timeout, HTTP 404...; ValueError: a bad URL;
-            # http.client.HTTPException: a broken reply; DatasetDownloadError: md5 mismatch.
+            # http.client.HTTPException: a broken reply; DownloadDeadlineError: too slow;
+            # DatasetDownloadError: md5 mismatch.
             failures.append(f"  {url}: {err or type(err).__name__}")
             continue
         try:
@@ -434,6 +605,7 @@ def cifar10(
     *,
     md5: str = CIFAR10_MD5,
     timeout: float = 30.0,
+    deadline: float = CIFAR10_DEADLINE,
     per_batch: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 as NumPy arrays.
@@ -443,11 +615,14 @@ def cifar10(
     root : folder holding ``cifar-10-batches-py`` (default ``$NLTUTORIAL_DATA`` or
         ``~/.cache/nltutorial``).
     train : the five training batches (True) or the test batch (False).
-    download : fetch the official archive when the folder is missing; with False a missing
-        folder raises FileNotFoundError.
+    download : fetch the official archive when the folder is missing (and re-extract a
+        verified archive in ``root`` over a folder with a batch missing); with False a missing
+        folder raises FileNotFoundError, an incomplete one IncompleteDatasetError.
     mirrors : URLs of ``cifar-10-python.tar.gz`` tried in order (default ``CIFAR10_MIRRORS``).
     md5 : expected md5 of the archive (the official one by default).
-    timeout : seconds allowed per network operation, for each mirror.
+    timeout : seconds allowed per network read, for each mirror.
+    deadline : seconds allowed for the whole download from one mirror (default 30 min); past
+        it the next mirror is tried.
     per_batch : keep only the first ``per_batch`` images of every batch file (1000 gives the
         offline subset's images, whether the full set or the subset is on disk).
 
@@ -457,15 +632,17 @@ def cifar10(
     labels : (N,) int64 in 0..9; ``CIFAR10_CLASSES[label]`` names the class.
     """
     _check_per_batch(per_batch)
+    check_seconds("timeout", timeout)
+    check_seconds("deadline", deadline)
     root = data_root(root)
     folder = root / CIFAR10_FOLDER
-    if not folder.is_dir():
-        if not download:
-            raise FileNotFoundError(
-                f"CIFAR-10 folder not found: {folder}. Call with download=True, or "
-                + _manual_instructions(root, md5)
-            )
-        folder = download_cifar10(root, mirrors, md5=md5, timeout=timeout)
+    if download:
+        folder = download_cifar10(root, mirrors, md5=md5, timeout=timeout, deadline=deadline)
+    elif not folder.is_dir():
+        raise FileNotFoundError(
+            f"CIFAR-10 folder not found: {folder}. Call with download=True, or "
+            + _manual_instructions(root, md5)
+        )
     return load_cifar10_folder(folder, train=train, per_batch=per_batch)
 
 
@@ -496,6 +673,7 @@ def cifar10_tensors(
     *,
     md5: str = CIFAR10_MD5,
     timeout: float = 30.0,
+    deadline: float = CIFAR10_DEADLINE,
     normalized: bool = True,
     per_batch: int | None = None,
 ):
@@ -510,7 +688,7 @@ def cifar10_tensors(
     import torch
 
     images, labels = cifar10(root, train=train, download=download, mirrors=mirrors, md5=md5, timeout=timeout,
-                             per_batch=per_batch)
+                             deadline=deadline, per_batch=per_batch)
     if normalized:
         x = normalize(images)
     else:
@@ -520,13 +698,16 @@ def cifar10_tensors(
 
 __all__ = [
     "CIFAR10_CLASSES",
+    "CIFAR10_DEADLINE",
     "CIFAR10_MD5",
     "CIFAR10_MEAN",
     "CIFAR10_MIRRORS",
     "CIFAR10_STD",
     "CIFAR10_URL",
     "DatasetDownloadError",
+    "IncompleteDatasetError",
     "UnsafeArchiveError",
+    "UnsafePickleError",
     "cifar10",
     "cifar10_source",
     "cifar10_tensors",

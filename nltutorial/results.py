@@ -8,11 +8,15 @@ repository, one folder per run with the two files ``python -m nltutorial.train``
                                                             commit, torch version, device
 
 ``results/MANIFEST.sha256`` lists every recorded file with its SHA-256 (``sha256sum``
-format). Where the folder is: ``$NLTUTORIAL_RESULTS``, else the ``results/`` of the checkout
-the package was installed from (editable install), else ``./results`` or ``../results``.
-Without any of these (a pip-installed package in Colab) the files are fetched from the
-repository (``RESULTS_URL``), each one verified against the manifest and written atomically
-to ``~/.cache/nltutorial/results`` (or ``$NLTUTORIAL_DATA/results``).
+format); it is the list of recorded runs, and every file is checked against it before use,
+local or downloaded (a changed, missing or unlisted file is an error naming it). Where the
+folder is: ``$NLTUTORIAL_RESULTS``, else the ``results/`` of the checkout the package was
+installed from (editable install), else ``./results`` or ``../results``. Without any of these
+(a pip-installed package in Colab) the files are fetched from the repository
+(``RESULTS_URL``) into ``~/.cache/nltutorial/results`` (or ``$NLTUTORIAL_DATA/results``),
+each one verified and written atomically. The manifest is fetched once per process and kept
+with the cached files, so a verified file is never fetched again and a complete cache works
+without network.
 
 >>> runs = load_runs("cifar10_subset")                       # doctest: +SKIP
 >>> table = summarize(runs, "test_accuracy")                 # doctest: +SKIP
@@ -22,13 +26,15 @@ to ``~/.cache/nltutorial/results`` (or ``$NLTUTORIAL_DATA/results``).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import math
 import os
-import tempfile
-import urllib.request
+import re
 from pathlib import Path, PurePosixPath
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from ._download import DiskFullError, check_seconds, download
 
 __all__ = [
     "MANIFEST",
@@ -37,6 +43,7 @@ __all__ = [
     "fetch_results_file",
     "find_results_dir",
     "load_runs",
+    "parse_manifest",
     "read_manifest",
     "results_file",
     "summarize",
@@ -48,10 +55,20 @@ RESULTS_URL = "https://raw.githubusercontent.com/nltutorial/nltutorial/main/resu
 MANIFEST = "MANIFEST.sha256"
 #: File names that the manifest records.
 RECORDED = ("metrics.jsonl", "summary.json", "model.pt", ".txt", ".md", ".sh")
+#: Default overall deadline of one file's download, in seconds (the files are small).
+RESULTS_DEADLINE = 120.0
+
+_MANIFEST_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](\S.*)")
+#: The manifest of each (base URL, cache folder), fetched once per process.
+_MANIFESTS: Dict[Tuple[str, str], Dict[str, str]] = {}
 
 
 class ResultsError(RuntimeError):
     """A recorded file is missing, could not be fetched, or fails its checksum."""
+
+
+class _FetchError(ResultsError):
+    """The network (or the server) failed: a cached copy may stand in."""
 
 
 def _sha256(path: Path) -> str:
@@ -90,14 +107,39 @@ def _check_relative(name: str) -> PurePosixPath:
     return rel
 
 
+def _check_url(url: str) -> str:
+    if not isinstance(url, str) or not url.endswith("/"):
+        raise ValueError(f"url must end with '/' (the address of the results/ folder), got {url!r}")
+    return url
+
+
+def parse_manifest(text: str, source: str) -> Dict[str, str]:
+    """{relative path: sha256} from the text of a manifest; ResultsError naming ``source`` and the line."""
+    out = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = _MANIFEST_LINE.fullmatch(line.rstrip())
+        ok = match is not None
+        if ok:
+            name = match.group(2)
+            rel = PurePosixPath(name)
+            ok = not (rel.is_absolute() or ".." in rel.parts) and name not in out
+        if not ok:
+            raise ResultsError(f"{source} line {number}: expected '<64 hex digits>  <relative path>' "
+                               f"(sha256sum format, each path once, no '..'), got {line!r}")
+        out[name] = match.group(1).lower()
+    return out
+
+
 def read_manifest(folder: Path) -> Dict[str, str]:
     """{relative path: sha256} from ``folder/MANIFEST.sha256``."""
-    out = {}
-    for line in (Path(folder) / MANIFEST).read_text().splitlines():
-        if line.strip():
-            digest, name = line.split(maxsplit=1)
-            out[name.lstrip("*")] = digest
-    return out
+    path = Path(folder) / MANIFEST
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        raise ResultsError(f"{path} not found: write it with `python -m nltutorial.results {folder}`") from None
+    return parse_manifest(text, str(path))
 
 
 def write_manifest(folder) -> Path:
@@ -113,64 +155,109 @@ def write_manifest(folder) -> Path:
     return path
 
 
+def _fetch(url: str, target: Path, sha256: str, timeout: float, deadline: float,
+           manifest_source: Optional[str] = None) -> Path:
+    """Download ``url`` to ``target`` atomically, checking its sha256 (or, for the manifest, its lines)."""
+
+    def check(part: Path, actual: str) -> None:
+        if manifest_source is not None:
+            parse_manifest(part.read_text(errors="replace"), manifest_source)
+        elif actual != sha256:
+            raise ResultsError(f"{url}: sha256 {actual} does not match the manifest's {sha256}; "
+                               f"nothing was written. Clone the repository and set NLTUTORIAL_RESULTS "
+                               f"to its results/ folder instead.")
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return download(url, target, hashlib.sha256(), timeout=timeout, deadline=deadline, check=check)
+    except DiskFullError as err:  # not the network's fault: a cached copy cannot help
+        raise ResultsError(f"{err.strerror}; free some space or set NLTUTORIAL_DATA elsewhere") from err
+    except (OSError, http.client.HTTPException) as err:  # refused, 404, timeout, deadline, cut off...
+        raise _FetchError(f"could not fetch {url} ({err}); clone the repository and set "
+                          f"NLTUTORIAL_RESULTS to its results/ folder") from err
+
+
+def _remote_manifest(url: str, cache: Path, timeout: float, deadline: float) -> Dict[str, str]:
+    """The manifest at ``url``, fetched once per process into ``cache``; offline, the cached one."""
+    key = (url, str(cache))
+    if key not in _MANIFESTS:
+        path = cache / MANIFEST
+        try:
+            _fetch(url + MANIFEST, path, "", timeout, deadline, manifest_source=url + MANIFEST)
+        except _FetchError:
+            if not path.is_file():
+                raise
+            # no network: the manifest of the last download; every file is still checked against it
+        _MANIFESTS[key] = read_manifest(cache)
+    return _MANIFESTS[key]
+
+
 def fetch_results_file(name: str, url: Optional[str] = None, cache: Optional[Path] = None,
-                       sha256: Optional[str] = None, timeout: float = 30.0) -> Path:
+                       sha256: Optional[str] = None, timeout: float = 30.0,
+                       deadline: float = RESULTS_DEADLINE) -> Path:
     """Download ``results/<name>`` into the cache (atomically), verify it, return its path.
 
-    With ``sha256=None`` the expected digest is looked up in the (fetched) manifest; the
-    manifest itself is the one file taken on trust.
+    ``url`` is the address of the results/ folder and must end with '/'. With ``sha256=None``
+    the expected digest is looked up in the manifest, which is fetched once per process and
+    kept in the cache (offline, the cached manifest is used). A cached file that matches its
+    digest is returned without any request. Each read waits at most ``timeout`` s, the whole
+    file at most ``deadline`` s. Raises ResultsError; nothing half-written is ever left.
     """
     rel = _check_relative(name)
-    url = RESULTS_URL if url is None else url
+    url = _check_url(RESULTS_URL if url is None else url)
+    check_seconds("timeout", timeout)
+    check_seconds("deadline", deadline)
     cache = Path(cache) if cache is not None else _cache_dir()
     target = cache.joinpath(*rel.parts)
-    if sha256 is None and name != MANIFEST:
-        manifest = read_manifest(fetch_results_file(MANIFEST, url, cache, sha256="", timeout=timeout).parent)
+    if name == MANIFEST:
+        _remote_manifest(url, cache, timeout, deadline)
+        return target
+    if sha256 is None:
+        manifest = _remote_manifest(url, cache, timeout, deadline)
         if name not in manifest:
             raise ResultsError(f"results/{name} is not in the manifest at {url}{MANIFEST}")
         sha256 = manifest[name]
-    if target.is_file() and sha256 and _sha256(target) == sha256:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256 or ""):
+        raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
+    sha256 = sha256.lower()
+    if target.is_file() and _sha256(target) == sha256:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url + str(rel), timeout=timeout) as resp:
-            for block in iter(lambda: resp.read(1 << 20), b""):
-                h.update(block)
-                out.write(block)
-        if sha256 and h.hexdigest() != sha256:
-            raise ResultsError(f"{url}{rel}: sha256 {h.hexdigest()} does not match the manifest's {sha256}; "
-                               f"nothing was written. Clone the repository and set NLTUTORIAL_RESULTS "
-                               f"to its results/ folder instead.")
-        os.replace(tmp, target)
-    except OSError as err:
-        raise ResultsError(f"could not fetch {url}{rel} ({err}); clone the repository and set "
-                           f"NLTUTORIAL_RESULTS to its results/ folder") from err
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return target
+    return _fetch(url + rel.as_posix(), target, sha256, timeout, deadline)
+
+
+def _verified_local(folder: Path, rel: PurePosixPath) -> Path:
+    """``folder/rel`` after checking it against ``folder/MANIFEST.sha256``; else ResultsError naming it."""
+    path = folder.joinpath(*rel.parts)
+    if rel.as_posix() == MANIFEST:
+        read_manifest(folder)  # present and well-formed
+        return path
+    manifest = read_manifest(folder)
+    rewrite = f"if the change is intended, run `python -m nltutorial.results {folder}`"
+    if rel.as_posix() not in manifest:
+        raise ResultsError(f"{path} is not listed in {folder / MANIFEST} ({rewrite})")
+    if not path.is_file():
+        raise ResultsError(f"{path} is missing but listed in {folder / MANIFEST}: restore it (git checkout) "
+                           f"or run the command recorded in results/README.md")
+    if _sha256(path) != manifest[rel.as_posix()]:
+        raise ResultsError(f"{path} has changed: its sha256 does not match {folder / MANIFEST}; restore it "
+                           f"(git checkout), or {rewrite}")
+    return path
 
 
 def results_file(name: str) -> Path:
-    """Path of ``results/<name>``: the local copy, else a verified download."""
+    """Path of ``results/<name>``: the local copy checked against its manifest, else a verified download."""
     rel = _check_relative(name)
     local = find_results_dir()
     if local is not None:
-        path = local.joinpath(*rel.parts)
-        if not path.is_file():
-            raise ResultsError(f"{path} not found (run the command recorded in results/README.md)")
-        return path
+        return _verified_local(local, rel)
     return fetch_results_file(name)
 
 
 def _manifest_names() -> List[str]:
     local = find_results_dir()
     if local is not None:
-        return sorted(p.relative_to(local).as_posix() for p in local.rglob("summary.json"))
-    return sorted(read_manifest(results_file(MANIFEST).parent))
+        return sorted(read_manifest(local))
+    return sorted(_remote_manifest(_check_url(RESULTS_URL), _cache_dir(), 30.0, RESULTS_DEADLINE))
 
 
 def load_runs(experiment: str) -> List[dict]:

@@ -4,13 +4,20 @@ The download tests build a tiny archive in the official format and serve it from
 HTTP server on 127.0.0.1; nothing leaves the machine.
 """
 
+import errno
 import hashlib
 import http.server
 import io
+import os
 import pickle
+import signal
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +37,7 @@ from nltutorial.data import (
 )
 
 SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar-10-subset"
+FULL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar-10"
 
 
 @pytest.fixture(autouse=True)
@@ -152,19 +160,31 @@ def _md5(payload):
 @pytest.fixture
 def server(tmp_path):
     """A local HTTP server: ``server.url(name)`` serves ``server.files[name]``; ``.hits`` logs paths."""
-    files, hits = {}, []
+    files, hits, trickle = {}, [], {}
+    stop = threading.Event()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             hits.append(self.path)
-            payload = files.get(self.path.lstrip("/"))
+            name = self.path.lstrip("/")
+            payload = files.get(name, trickle.get(name))
             if payload is None:
                 self.send_error(404)
                 return
             self.send_response(200)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            if name in files:
+                self.wfile.write(payload)
+                return
+            for i in range(len(payload)):  # ``trickle`` files: one byte every half second
+                if stop.wait(0.5):
+                    return
+                try:
+                    self.wfile.write(payload[i : i + 1])
+                    self.wfile.flush()
+                except OSError:  # the client gave up
+                    return
 
         def log_message(self, *args):
             pass
@@ -177,9 +197,10 @@ def server(tmp_path):
         pass
 
     s = Server()
-    s.files, s.hits = files, hits
+    s.files, s.hits, s.trickle = files, hits, trickle
     s.url = lambda name: f"http://127.0.0.1:{httpd.server_address[1]}/{name}"
     yield s
+    stop.set()
     httpd.shutdown()
     httpd.server_close()
 
@@ -335,9 +356,12 @@ def test_archive_placed_by_hand(tmp_path):
 def test_bad_batch_is_reported(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
+    for name, payload in _fake_files().items():
+        (tmp_path / name).write_bytes(payload)
     (folder / "test_batch").write_bytes(pickle.dumps({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}))
     with pytest.raises(ValueError, match="3072"):
         cifar10(tmp_path, train=False, download=False)
+    (folder / "data_batch_1").unlink()
     with pytest.raises(FileNotFoundError, match="data_batch_1"):
         cifar10(tmp_path, train=True, download=False)
 
@@ -367,3 +391,373 @@ def test_per_batch_1000_is_the_subset():
     x2, y2 = cifar10(SUBSET, train=True, download=False, per_batch=1000)
     np.testing.assert_array_equal(x, x2)
     np.testing.assert_array_equal(y, y2)
+
+
+# --------------------------------------------------------------------------------------
+# Which copy a folder is (cifar10_source), the default mirrors, locate_cifar10
+# --------------------------------------------------------------------------------------
+
+
+def _write_folder(root, files=None):
+    """``root/cifar-10-batches-py`` holding ``files`` (default: the fake batches); returns {name: md5}."""
+    files = _fake_files() if files is None else files
+    for name, payload in files.items():
+        path = Path(root) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(payload)
+    return {name.split("/", 1)[1]: _md5(payload) for name, payload in files.items()}
+
+
+def test_cifar10_source_official(tmp_path, monkeypatch):
+    files = dict(_fake_files(), **{"cifar-10-batches-py/batches.meta": pickle.dumps({"label_names": ["a"]})})
+    sums = _write_folder(tmp_path, files)
+    monkeypatch.setattr(data, "CIFAR10_FILE_MD5", sums)
+    source = data.cifar10_source(tmp_path)
+    assert source["copy"] == "official"
+    assert data.CIFAR10_URL in source["description"] and data.CIFAR10_MD5 in source["description"]
+    # one changed byte and it is no longer the official data
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"changed")
+    assert data.cifar10_source(tmp_path)["copy"] == "unverified"
+
+
+def test_cifar10_source_offline_copy_and_unverified(tmp_path):
+    sums = _write_folder(tmp_path)
+    (tmp_path / "MD5SUMS").write_text("".join(f"{md5}  cifar-10-batches-py/{n}\n" for n, md5 in sums.items()))
+    (tmp_path / "README.md").write_text("# CIFAR-10, a test copy\n\nMore text.\n")
+    assert data.cifar10_source(tmp_path) == {"copy": "offline copy", "description": "CIFAR-10, a test copy"}
+    (tmp_path / "README.md").unlink()  # without a README the description names the MD5SUMS
+    source = data.cifar10_source(tmp_path)
+    assert source["copy"] == "offline copy" and str(tmp_path / "MD5SUMS") in source["description"]
+    # a file that does not match its MD5SUMS line: unverified
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"other")
+    assert data.cifar10_source(tmp_path)["copy"] == "unverified"
+    # no MD5SUMS at all: unverified
+    other = tmp_path / "other"
+    _write_folder(other)
+    assert data.cifar10_source(other)["copy"] == "unverified"
+
+
+@needs_subset
+def test_cifar10_source_of_the_project_subset():
+    source = data.cifar10_source(SUBSET)
+    assert source["copy"] == "offline copy"
+    assert source["description"] == (SUBSET / "README.md").read_text().splitlines()[0].lstrip("# ").strip()
+
+
+def test_default_mirrors_official_then_zenodo():
+    assert data.CIFAR10_MIRRORS == (data.CIFAR10_URL, data.CIFAR10_ZENODO_URL)
+    assert data.CIFAR10_MIRRORS[0] == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert data.CIFAR10_MIRRORS[1].startswith("https://zenodo.org/")
+    assert all(url.endswith("/cifar-10-python.tar.gz") for url in data.CIFAR10_MIRRORS)
+
+
+@pytest.mark.parametrize("failure", ["404", "refused", "wrong-md5"])
+def test_default_mirrors_fall_through_to_the_second(server, tmp_path, monkeypatch, failure):
+    archive = _tar_bytes(_fake_files())
+    server.files["good.tar.gz"] = archive
+    server.files["other.tar.gz"] = _tar_bytes({"cifar-10-batches-py/test_batch": _fake_batch(9, False)})
+    first = {"404": server.url("missing.tar.gz"), "refused": _closed_port_url(),
+             "wrong-md5": server.url("other.tar.gz")}[failure]
+    monkeypatch.setattr(data, "CIFAR10_MIRRORS", (first, server.url("good.tar.gz")))
+    root = tmp_path / "data"
+    x, _ = cifar10(root, train=False, md5=_md5(archive), timeout=5)  # mirrors=None: the defaults
+    np.testing.assert_array_equal(x, cifar10(root, train=False, download=False)[0])
+    assert (root / "cifar-10-python.tar.gz").read_bytes() == archive
+    assert server.hits[-1] == "/good.tar.gz"
+    assert server.hits[:-1] == {"404": ["/missing.tar.gz"], "refused": [], "wrong-md5": ["/other.tar.gz"]}[failure]
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def _offline_tree(tmp_path, *copies):
+    """tmp/checkout (the current folder) beside tmp/shared/data/<copy>/cifar-10-batches-py."""
+    checkout = tmp_path / "tree" / "checkout"
+    checkout.mkdir(parents=True)
+    for copy in copies:
+        (tmp_path / "tree" / "shared" / "data" / copy / "cifar-10-batches-py").mkdir(parents=True)
+    return checkout
+
+
+def test_locate_prefers_the_full_offline_copy(tmp_path, monkeypatch):
+    checkout = _offline_tree(tmp_path, "cifar-10", "cifar-10-subset")
+    monkeypatch.chdir(checkout)
+    monkeypatch.setattr(data, "_search_starts", lambda: [checkout])
+    shared = tmp_path / "tree" / "shared" / "data"
+    assert data.locate_cifar10() == shared / "cifar-10"
+    # from a folder deeper in the checkout too
+    (checkout / "book").mkdir()
+    monkeypatch.setattr(data, "_search_starts", lambda: [checkout / "book"])
+    assert data.locate_cifar10() == shared / "cifar-10"
+    # without the full copy: the subset; with neither: the download root
+    (shared / "cifar-10" / "cifar-10-batches-py").rmdir()
+    assert data.locate_cifar10() == shared / "cifar-10-subset"
+    (shared / "cifar-10-subset" / "cifar-10-batches-py").rmdir()
+    assert data.locate_cifar10() == data.data_root()
+    # a root that holds the data wins over the offline copies
+    _write_folder(tmp_path / "mine")
+    (shared / "cifar-10" / "cifar-10-batches-py").mkdir()
+    assert data.locate_cifar10(tmp_path / "mine") == tmp_path / "mine"
+
+
+def test_locate_searches_the_checkout_and_the_current_folder():
+    starts = data._search_starts()
+    assert Path.cwd().resolve() in starts and Path(data.__file__).resolve().parent in starts
+
+
+@pytest.mark.skipif(not (FULL / "cifar-10-batches-py").is_dir(), reason=f"no full offline copy at {FULL}")
+def test_full_offline_copy_reads_through_the_safe_reader():
+    x, y = cifar10(FULL, train=False, download=False)
+    assert x.shape == (10000, 32, 32, 3) and y.shape == (10000,) and np.bincount(y).tolist() == [1000] * 10
+    assert data.cifar10_source(FULL)["copy"] in ("official", "offline copy")
+
+
+# --------------------------------------------------------------------------------------
+# No code run from files: the restricted unpickler
+# --------------------------------------------------------------------------------------
+
+
+class _Planted:
+    """Unpickles as a call to os.system: what a planted batch would do under plain pickle.load."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_planted_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_folder(tmp_path)
+    evil = {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1], "batch_label": _Planted(marker)}
+    (folder / "test_batch").write_bytes(pickle.dumps(evil, protocol=2))
+    with pytest.raises(data.UnsafePickleError) as err:
+        cifar10(tmp_path, train=False, download=False)
+    message = str(err.value)
+    assert str(folder / "test_batch") in message and "system" in message
+    assert isinstance(err.value, ValueError)
+    assert not marker.exists()  # nothing was executed
+    # and read_batch itself refuses it too (protocol 4 names the global differently)
+    (folder / "test_batch").write_bytes(pickle.dumps(evil, protocol=4))
+    with pytest.raises(data.UnsafePickleError, match="test_batch"):
+        data.read_batch(folder / "test_batch")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_safe_reader_reads_every_protocol_and_the_official_keys(tmp_path, protocol):
+    rng = np.random.default_rng(protocol)
+    batch = {  # the official keys, with ``filenames`` as bytes and numpy ints among the labels
+        b"batch_label": b"testing batch 1 of 1",
+        b"labels": [int(v) for v in rng.integers(0, 10, 3)] + [np.int64(9)],
+        b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+        b"filenames": [b"a.png", b"b.png", b"c.png", b"d.png"],
+        b"extra": (set([1]), frozenset([2]), bytearray(b"x"), b""),
+    }
+    path = tmp_path / "test_batch"
+    path.write_bytes(pickle.dumps(batch, protocol=protocol))
+    x, y = data.read_batch(path)
+    np.testing.assert_array_equal(x, batch[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    assert y.tolist() == [int(v) for v in batch[b"labels"]] and y.dtype == np.int64
+
+
+# --------------------------------------------------------------------------------------
+# No silent wrong data: every batch is validated, an incomplete folder is reported
+# --------------------------------------------------------------------------------------
+
+_GOOD = {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 9]}
+
+
+@pytest.mark.parametrize(
+    "payload, expected",
+    [
+        (pickle.dumps(dict(_GOOD, data=np.zeros((2, 3072)))), "'data' must be a uint8 array.*float64"),
+        (pickle.dumps(dict(_GOOD, data=np.zeros((2, 3072), np.int16))), "'data' must be a uint8 array.*int16"),
+        (pickle.dumps(dict(_GOOD, data=[[0] * 3072] * 2)), "'data' must be a uint8 array.*list"),
+        (pickle.dumps(dict(_GOOD, data=np.zeros((2, 3071), np.uint8))), r"shape \(n, 3072\).*\(2, 3071\)"),
+        (pickle.dumps(dict(_GOOD, data=np.zeros((0, 3072), np.uint8), labels=[])), "holds no images"),
+        (pickle.dumps(dict(_GOOD, labels=[0.0, 1.0])), "'labels' must be integers.*float"),
+        (pickle.dumps(dict(_GOOD, labels=np.array([0.0, 1.0]))), "'labels' must be integers.*float64"),
+        (pickle.dumps(dict(_GOOD, labels=[True, False])), "'labels' must be integers.*bool"),
+        (pickle.dumps(dict(_GOOD, labels=[0, 10])), r"'labels' must be in 0\.\.9.*10 at index 1"),
+        (pickle.dumps(dict(_GOOD, labels=[-1, 0])), r"'labels' must be in 0\.\.9.*-1 at index 0"),
+        (pickle.dumps(dict(_GOOD, labels=[0])), r"2 images but 1 labels"),
+        (pickle.dumps(dict(_GOOD, labels=5)), "'labels' must be a list"),
+        (pickle.dumps({"labels": [0]}), "no 'data' entry"),
+        (pickle.dumps([1, 2, 3]), "holds a list, expected a dict"),
+        (pickle.dumps(_GOOD)[:-40], "truncated or not a pickle"),
+        (b"", "is empty"),
+        (b"this is not a pickle", "truncated or not a pickle"),
+    ],
+    ids=["float-data", "int16-data", "list-data", "short-rows", "no-images", "float-labels",
+         "float-label-array", "bool-labels", "label-10", "label-minus-1", "length", "labels-not-list",
+         "no-data", "not-a-dict", "truncated", "empty", "garbage"],
+)
+def test_invalid_batch_is_reported_naming_the_file(tmp_path, payload, expected):
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(payload)
+    with pytest.raises(ValueError, match=expected) as err:
+        data.read_batch(path)
+    assert str(path) in str(err.value)
+
+
+def test_incomplete_folder_is_reported(tmp_path):
+    _write_folder(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    (folder / "data_batch_4").unlink()
+    for train in (True, False):  # even the complete test split is not trusted from a broken folder
+        with pytest.raises(FileNotFoundError) as err:
+            cifar10(tmp_path, train=train, download=False)
+        message = str(err.value)
+        assert str(folder) in message and "data_batch_4" in message and "incomplete" in message
+        assert "delete" in message.lower() and "download=True" in message
+    # download=True with no archive to re-extract from: the same report, nothing touched
+    with pytest.raises(FileNotFoundError, match="data_batch_4"):
+        cifar10(tmp_path, train=False, mirrors=[])
+    assert sorted(p.name for p in folder.iterdir()) == [f"data_batch_{i}" for i in (1, 2, 3, 5)] + ["test_batch"]
+
+
+def test_incomplete_folder_is_re_extracted_from_a_verified_archive(tmp_path):
+    archive = _tar_bytes(_fake_files())
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(archive)
+    _write_folder(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    (folder / "data_batch_2").unlink()
+    (folder / "stray").write_bytes(b"left by a broken unpack")
+    # a wrong archive is not used (and not deleted: it may be the user's)
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(archive[:-10])
+    with pytest.raises(DatasetDownloadError, match="md5"):
+        cifar10(tmp_path, mirrors=[], md5=_md5(archive))
+    assert not (folder / "data_batch_2").exists()
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(archive)
+    x, y = cifar10(tmp_path, train=True, mirrors=[], md5=_md5(archive))
+    assert x.shape == (5 * N_FAKE, 32, 32, 3)
+    assert sorted(p.name for p in folder.iterdir()) == [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+
+
+# --------------------------------------------------------------------------------------
+# No hangs: an overall deadline per mirror
+# --------------------------------------------------------------------------------------
+
+
+def test_trickling_mirror_hits_the_deadline_then_next(server, tmp_path):
+    archive = _tar_bytes(_fake_files())
+    server.files["good.tar.gz"] = archive
+    server.trickle["slow.tar.gz"] = archive  # one byte every 0.5 s: never a read timeout
+    root = tmp_path / "data"
+    start = time.monotonic()
+    x, _ = cifar10(root, train=False, mirrors=[server.url("slow.tar.gz"), server.url("good.tar.gz")],
+                   md5=_md5(archive), timeout=5, deadline=2.5)
+    elapsed = time.monotonic() - start
+    assert x.shape == (N_FAKE, 32, 32, 3)
+    assert server.hits == ["/slow.tar.gz", "/good.tar.gz"]
+    assert 2.5 <= elapsed < 2.5 + 8  # gave up on the slow mirror at its deadline
+    with pytest.raises(DatasetDownloadError, match=r"slow\.tar\.gz: .*deadline of 2 s"):
+        cifar10(tmp_path / "other", mirrors=[server.url("slow.tar.gz")], md5=_md5(archive), timeout=5, deadline=2)
+    assert _listing(tmp_path / "other") == []
+
+
+def test_deadline_must_be_positive(tmp_path):
+    for bad in (0, -1, float("nan"), "10"):
+        with pytest.raises(ValueError, match="deadline must be a positive number of seconds"):
+            cifar10(tmp_path, mirrors=[], deadline=bad)
+    assert _listing(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------
+# Nothing half-written: Ctrl-C, SIGTERM, a full disk
+# --------------------------------------------------------------------------------------
+
+
+class _FakeResponse:
+    """A response whose second read calls ``then`` (raises KeyboardInterrupt, say)."""
+
+    def __init__(self, then):
+        self.reads, self.then = 0, then
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def read1(self, n):
+        self.reads += 1
+        if self.reads == 1:
+            return b"x" * 1000
+        return self.then()
+
+    read = read1
+
+
+def _interrupt():
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_download_removes_the_part_file(tmp_path, monkeypatch):
+    response = _FakeResponse(_interrupt)
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: response)
+    root = tmp_path / "data"
+    with pytest.raises(KeyboardInterrupt):
+        cifar10(root, mirrors=["http://127.0.0.1:9/x.tar.gz", "http://127.0.0.1:9/y.tar.gz"], timeout=5)
+    assert response.reads == 2  # interrupted inside the read loop, and no other mirror was tried
+    assert _listing(root) == []
+
+
+_SIGTERM_CHILD = """
+import sys
+from nltutorial import data
+data.download_cifar10(sys.argv[1], [sys.argv[2]], md5="0" * 32, timeout=30, deadline=300)
+"""
+
+
+def test_sigterm_during_download_removes_the_part_file(server, tmp_path):
+    server.trickle["slow.tar.gz"] = _tar_bytes(_fake_files())
+    root = tmp_path / "data"
+    env = dict(os.environ, PYTHONPATH=str(Path(data.__file__).resolve().parents[1]))
+    child = subprocess.Popen([sys.executable, "-c", _SIGTERM_CHILD, str(root), server.url("slow.tar.gz")],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240  # importing the package is slow on a busy machine
+        while not (root.is_dir() and [p for p in root.iterdir() if p.name.endswith(".part")]):
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "the child never started its download"
+            time.sleep(0.1)
+        time.sleep(1.0)  # a few bytes in
+        child.send_signal(signal.SIGTERM)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 128 + signal.SIGTERM, stderr.decode()  # exited through the cleanup
+    assert _listing(root) == [], stderr.decode()
+
+
+def test_disk_full_is_reported_and_the_part_file_removed(server, tmp_path, monkeypatch):
+    archive = _tar_bytes(_fake_files())
+    server.files["good.tar.gz"] = archive
+    server.files["also-good.tar.gz"] = archive
+    from nltutorial import _download
+
+    class FullDisk(io.BytesIO):
+        def write(self, chunk):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_open = open
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        if "w" in mode:
+            real_open(path, mode, *args, **kwargs).close()  # the file exists, as on a real full disk
+            return FullDisk()
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(_download, "open", fake_open, raising=False)
+    root = tmp_path / "data"
+    with pytest.raises(DatasetDownloadError) as err:
+        cifar10(root, mirrors=[server.url("good.tar.gz"), server.url("also-good.tar.gz")], md5=_md5(archive),
+                timeout=5)
+    assert f"disk full while writing {root / 'cifar-10-python.tar.gz'}" in str(err.value)
+    assert server.hits == ["/good.tar.gz"]  # a full disk is not a mirror's fault: no other mirror tried
+    assert _listing(root) == []

@@ -1,10 +1,15 @@
 """nltutorial.results: the recorded runs, their manifest, and verified downloads."""
 
+import errno
 import hashlib
 import http.server
+import io
 import json
+import re
 import statistics
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -71,17 +76,31 @@ def served(tmp_path):
     folder.mkdir()
     _fake_results(folder, {"gc": [0.4, 0.5]})
     files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    hits, trickle = [], {}
+    stop = threading.Event()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            payload = files.get(self.path.lstrip("/"))
+            hits.append(self.path)
+            name = self.path.lstrip("/")
+            payload = files.get(name, trickle.get(name))
             if payload is None:
                 self.send_error(404)
                 return
             self.send_response(200)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            if name in files:
+                self.wfile.write(payload)
+                return
+            for i in range(len(payload)):  # ``trickle`` files: one byte every half second
+                if stop.wait(0.5):
+                    return
+                try:
+                    self.wfile.write(payload[i : i + 1])
+                    self.wfile.flush()
+                except OSError:
+                    return
 
         def log_message(self, *args):
             pass
@@ -89,13 +108,28 @@ def served(tmp_path):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
+    stopped = []
+
+    def stop_server():
+        """Stop serving: the port then refuses connections, as without network."""
+        if not stopped:
+            stopped.append(True)
+            stop.set()
+            httpd.shutdown()
+            httpd.server_close()
+
     class Served:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/"
 
-    Served.files = files
+    Served.files, Served.hits, Served.trickle, Served.stop = files, hits, trickle, staticmethod(stop_server)
     yield Served
-    httpd.shutdown()
-    httpd.server_close()
+    stop_server()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process(monkeypatch):
+    """Every test starts like a new process: no manifest remembered from an earlier test."""
+    monkeypatch.setattr(R, "_MANIFESTS", {}, raising=False)
 
 
 def test_fetch_verifies_and_writes_atomically(served, tmp_path):
@@ -127,3 +161,153 @@ def test_load_runs_falls_back_to_download(served, tmp_path, monkeypatch):
     runs = R.load_runs("exp")
     assert [(r["variant"], r["seed"]) for r in runs] == [("gc", 0), ("gc", 1)]
     assert (tmp_path / "data" / "results" / "exp" / "gc" / "seed0" / "metrics.jsonl").is_file()
+
+
+# --------------------------------------------------------------------------------------
+# A local results/ is checked like a download; the manifest itself is checked
+# --------------------------------------------------------------------------------------
+
+
+def test_local_results_are_checked_against_the_manifest(tmp_path, monkeypatch):
+    _fake_results(tmp_path, {"gc": [0.4, 0.5]})
+    monkeypatch.setenv("NLTUTORIAL_RESULTS", str(tmp_path))
+    assert [r["seed"] for r in R.load_runs("exp")] == [0, 1]
+    summary = tmp_path / "exp" / "gc" / "seed1" / "summary.json"
+    summary.write_text('{"test_accuracy": 0.99}')  # changed after the manifest was written
+    for call in (lambda: R.load_runs("exp"), lambda: R.results_file("exp/gc/seed1/summary.json")):
+        with pytest.raises(R.ResultsError, match=re.escape(str(summary)) + ".*has changed"):
+            call()
+    R.write_manifest(tmp_path)  # the intended change, recorded
+    assert R.load_runs("exp")[1]["summary"]["test_accuracy"] == 0.99
+    metrics = tmp_path / "exp" / "gc" / "seed0" / "metrics.jsonl"
+    kept = metrics.read_bytes()
+    metrics.unlink()
+    with pytest.raises(R.ResultsError, match=re.escape(str(metrics)) + ".*missing"):
+        R.load_runs("exp")
+    metrics.write_bytes(kept)
+    # a file the manifest does not list is not trusted either
+    (tmp_path / "exp" / "gc" / "seed1" / "notes.txt").write_text("unlisted")
+    with pytest.raises(R.ResultsError, match=r"notes\.txt is not listed in .*MANIFEST\.sha256"):
+        R.results_file("exp/gc/seed1/notes.txt")
+    # a run on disk that the manifest does not list is not a recorded run
+    R.write_manifest(tmp_path)
+    extra = tmp_path / "exp" / "gc" / "seed2"
+    extra.mkdir()
+    (extra / "summary.json").write_text('{"test_accuracy": 0.1}')
+    (extra / "metrics.jsonl").write_text("")
+    assert [r["seed"] for r in R.load_runs("exp")] == [0, 1]
+    (tmp_path / R.MANIFEST).unlink()
+    with pytest.raises(R.ResultsError, match=r"MANIFEST\.sha256 not found.*python -m nltutorial\.results"):
+        R.load_runs("exp")
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["nothex  exp/gc/seed0/x.json", "0" * 64, "0" * 63 + "  exp/x.json", "0" * 64 + "  ../../etc/passwd",
+     "0" * 64 + "  /etc/passwd"],
+    ids=["not-hex", "no-name", "short-digest", "dotdot", "absolute"],
+)
+def test_malformed_manifest_line_is_reported(tmp_path, monkeypatch, served, line):
+    _fake_results(tmp_path, {"gc": [0.4]})
+    lines = (tmp_path / R.MANIFEST).read_text().splitlines()
+    (tmp_path / R.MANIFEST).write_text("\n".join(lines[:1] + [line] + lines[1:]) + "\n")
+    monkeypatch.setenv("NLTUTORIAL_RESULTS", str(tmp_path))
+    with pytest.raises(R.ResultsError, match=re.escape(str(tmp_path / R.MANIFEST)) + r" line 2: expected"):
+        R.load_runs("exp")
+    # the same manifest served: refused, and not kept in the cache
+    served.files[R.MANIFEST] = (tmp_path / R.MANIFEST).read_bytes()
+    cache = tmp_path / "cache"
+    with pytest.raises(R.ResultsError, match=re.escape(served.url + R.MANIFEST) + r" line 2: expected"):
+        R.fetch_results_file("exp/gc/seed0/summary.json", served.url, cache)
+    assert not cache.exists() or not list(cache.rglob("*"))
+
+
+def test_base_url_must_end_with_a_slash(served, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"url must end with '/'.*results/"):
+        R.fetch_results_file("exp/gc/seed0/summary.json", served.url.rstrip("/"), tmp_path)
+    monkeypatch.setattr(R, "find_results_dir", lambda: None)
+    monkeypatch.setattr(R, "RESULTS_URL", served.url + "results")
+    monkeypatch.setenv("NLTUTORIAL_DATA", str(tmp_path / "data"))
+    with pytest.raises(ValueError, match="url must end with '/'"):
+        R.load_runs("exp")
+    assert served.hits == []
+
+
+# --------------------------------------------------------------------------------------
+# The manifest once per process; offline from a complete verified cache
+# --------------------------------------------------------------------------------------
+
+
+def test_manifest_fetched_once_and_offline_from_the_cache(served, tmp_path, monkeypatch):
+    monkeypatch.setattr(R, "find_results_dir", lambda: None)
+    monkeypatch.setattr(R, "RESULTS_URL", served.url)
+    monkeypatch.setenv("NLTUTORIAL_DATA", str(tmp_path / "data"))
+    runs = R.load_runs("exp")
+    assert served.hits.count("/" + R.MANIFEST) == 1 and len(served.hits) == 1 + 2 * 2  # manifest + 2 files per run
+    assert R.load_runs("exp") == runs and len(served.hits) == 5  # warm cache, same process: no request
+    assert R.results_file("exp/gc/seed0/summary.json").is_file() and len(served.hits) == 5
+    monkeypatch.setattr(R, "_MANIFESTS", {})  # a new process (a Colab rerun): the manifest only
+    assert R.load_runs("exp") == runs and served.hits[5:] == ["/" + R.MANIFEST]
+    served.stop()  # no network any more
+    monkeypatch.setattr(R, "_MANIFESTS", {})
+    assert R.load_runs("exp") == runs  # from the verified cache and the manifest kept with it
+    assert (tmp_path / "data" / "results" / R.MANIFEST).read_bytes() == served.files[R.MANIFEST]
+    # offline with an incomplete or damaged cache: a clear error naming the file
+    cached = tmp_path / "data" / "results" / "exp" / "gc" / "seed1" / "metrics.jsonl"
+    cached.write_text("damaged")
+    monkeypatch.setattr(R, "_MANIFESTS", {})
+    with pytest.raises(R.ResultsError, match=r"could not fetch .*exp/gc/seed1/metrics\.jsonl"):
+        R.load_runs("exp")
+    assert cached.read_text() == "damaged"  # nothing half-written over it
+
+
+# --------------------------------------------------------------------------------------
+# No hangs, nothing half-written
+# --------------------------------------------------------------------------------------
+
+
+def test_download_deadline(served, tmp_path):
+    served.trickle["exp/slow.json"] = b"x" * 100  # one byte every 0.5 s: never a read timeout
+    start = time.monotonic()
+    with pytest.raises(R.ResultsError, match=r"deadline of 2 s"):
+        R.fetch_results_file("exp/slow.json", served.url, tmp_path, sha256="0" * 64, timeout=5, deadline=2)
+    assert time.monotonic() - start < 2 + 6
+    assert not list(tmp_path.rglob("*.part")) and not (tmp_path / "exp" / "slow.json").exists()
+    with pytest.raises(ValueError, match="deadline must be a positive number of seconds"):
+        R.fetch_results_file("exp/slow.json", served.url, tmp_path, sha256="0" * 64, deadline=0)
+
+
+class _Interrupted:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def read1(self, n):
+        raise KeyboardInterrupt
+
+    read = read1
+
+
+def test_ctrl_c_and_a_full_disk_leave_nothing(served, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    digest = hashlib.sha256(served.files["exp/gc/seed0/summary.json"]).hexdigest()
+    with monkeypatch.context() as m:
+        m.setattr(urllib.request, "urlopen", lambda url, timeout: _Interrupted())
+        with pytest.raises(KeyboardInterrupt):
+            R.fetch_results_file("exp/gc/seed0/summary.json", served.url, cache, sha256=digest)
+    assert [p for p in cache.rglob("*") if p.is_file()] == []
+    from nltutorial import _download
+
+    class FullDisk(io.BytesIO):
+        def write(self, chunk):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_open = open
+    monkeypatch.setattr(_download, "open", lambda path, mode="r", *a, **k: (real_open(path, mode).close(), FullDisk())[1]
+                        if "w" in mode else real_open(path, mode, *a, **k), raising=False)
+    target = cache / "exp" / "gc" / "seed0" / "summary.json"
+    with pytest.raises(R.ResultsError, match=re.escape(f"disk full while writing {target}")):
+        R.fetch_results_file("exp/gc/seed0/summary.json", served.url, cache, sha256=digest)
+    assert [p for p in cache.rglob("*") if p.is_file()] == []
