@@ -45,16 +45,32 @@ Outputs in ``--out DIR``:
                    wall_seconds, device, torch, commit, command, data and all options.
 ``model.pt``       at the end: the trained weights alone (``model.state_dict()``), to load
                    with ``cifar_resnet(model, attention=...).load_state_dict(torch.load(...))``.
-``checkpoint.pt``  after every epoch (atomically: temporary file + ``os.replace``), and
-                   mid-epoch on SIGTERM/SIGINT: model, optimizer, scheduler, grad scaler,
-                   epochs done, step in the epoch, running sums, RNG states, loader state.
+``checkpoint.pt``  after every epoch (atomically: temporary file + ``os.replace``; written
+                   before the epoch's metrics line, so metrics.jsonl never lists an epoch the
+                   checkpoint lacks), and mid-epoch on SIGTERM/SIGINT: model, optimizer,
+                   scheduler, grad scaler, epochs done, step in the epoch, every rank's running
+                   sums, RNG states, loader state. Tensors and plain data only: it loads with
+                   ``torch.load(weights_only=True)`` (format 2; format 1 is still read).
 
-Resuming: ``--resume`` continues from ``DIR/checkpoint.pt`` (or starts afresh when there is
-none); the options that shape the run (model, data, seed, schedule, epochs, …) must match the
-checkpoint's. On a CPU a resumed run ends with exactly the metrics of an uninterrupted one.
-``--stop-after K`` ends the run (exit 0) once K epochs are done, with the schedule still
-spanning ``--epochs``: a planned interruption, for tests or time-sliced jobs. A run into a
-folder that already holds a checkpoint needs ``--resume`` or ``--overwrite``.
+All JSON is strict: a NaN or infinite number is written as null. Temporary files that a killed
+write left in ``--out`` are removed when the next run starts there. A full disk stops the run
+with "disk full while writing PATH" (exit 1); the previous checkpoint stays valid.
+
+Resuming: ``--resume`` continues from ``DIR/checkpoint.pt`` (or starts afresh when ``DIR`` holds
+no earlier run); the options that shape the run (model, data, seed, schedule, epochs, …) must
+match the checkpoint's (``--data-dir`` as a folder: ``d``, ``d/`` and ``./d`` are the same). On
+a CPU a resumed run ends with exactly the metrics of an uninterrupted one, also under
+``torchrun``. ``--resume`` on a finished run (summary.json with ``finished: true``) says so and
+trains nothing. A damaged checkpoint, or one whose pickle would build anything but tensors
+and plain data, is an error naming the file. ``--stop-after K`` ends the run (exit 0) once K
+epochs are done, with the schedule still spanning ``--epochs``: a planned interruption, for
+tests or time-sliced jobs. A run into a folder that already holds a checkpoint needs
+``--resume`` or ``--overwrite``; one that holds metrics.jsonl, summary.json or model.pt but no
+checkpoint needs ``--overwrite`` (which deletes the earlier run's files).
+
+Divergence: an epoch whose train or test loss is NaN or infinite ends the run with exit 1 and
+a message naming the epoch; summary.json records it under ``diverged``, and neither the
+checkpoint nor metrics.jsonl gets that epoch.
 
 Signals: SIGTERM or SIGINT finishes the current step, writes a (mid-epoch) checkpoint and
 exits with 128 + the signal number; see :mod:`nltutorial.engine`.
@@ -112,6 +128,8 @@ CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+OUTPUTS = (CHECKPOINT, MODEL, METRICS, SUMMARY)
+SEED_MAX = 2**32 - 1
 METRIC_KEYS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr",
                "epoch_seconds", "images_per_second")
 
@@ -133,6 +151,17 @@ def _positive_int(name):
     return parse
 
 
+def _seed(text):
+    """--seed: an integer in [0, 2**32 - 1] (NumPy's seed range)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed must be an integer, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"--seed must be in [0, {SEED_MAX}], got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``python -m nltutorial.train``."""
     p = argparse.ArgumentParser(prog="python -m nltutorial.train",
@@ -142,7 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data set: cifar10 (default), moving-shapes (generated clips) or kinetics-folder")
     p.add_argument("--data-dir", default=None,
                    help="cifar10: folder holding cifar-10-batches-py (default $NLTUTORIAL_DATA or "
-                        "~/.cache/nltutorial); kinetics-folder: the data set folder (required)")
+                        "~/.cache/nltutorial); kinetics-folder: the data set folder (required). It must "
+                        "exist unless --download is given")
+    p.add_argument("--download", action="store_true",
+                   help="download CIFAR-10 into --data-dir if it is missing (without --data-dir the default "
+                        "cache folder downloads as needed)")
     p.add_argument("--per-batch", type=_positive_int("--per-batch"), default=None,
                    help="use the first N images of every batch file (1000: the offline subset's images)")
     p.add_argument("--train-subset", type=_positive_int("--train-subset"), default=None,
@@ -174,10 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast precision (default bf16 on CUDA, off on CPU); fp16 needs CUDA")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help=f"random seed, 0 to {SEED_MAX}")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
-    p.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh, deleting the checkpoint, metrics, summary and model already in OUT")
     p.add_argument("--stop-after", type=_positive_int("--stop-after"), default=None,
                    help="stop (exit 0) once this many epochs are done; the schedule still spans --epochs")
     p.add_argument("--progress", dest="progress", action="store_true", default=None,
@@ -229,9 +263,30 @@ def _validate_data_model(args: argparse.Namespace) -> None:
                                  f"not --data {args.data}")
 
 
+def _validate_paths(args: argparse.Namespace) -> None:
+    """--out must name a folder (existing or not); --data-dir an existing folder unless --download."""
+    if not args.out or not args.out.strip():
+        raise ValueError("--out must name a folder, got an empty string")
+    if Path(args.out).expanduser().exists() and not Path(args.out).expanduser().is_dir():
+        raise ValueError(f"--out {args.out} is a file, expected a folder")
+    if args.download and args.data != "cifar10":
+        raise ValueError(f"--download applies to --data cifar10, not --data {args.data}")
+    if args.data_dir is None:
+        return
+    data_dir = Path(args.data_dir).expanduser()
+    if not args.data_dir.strip():
+        raise ValueError("--data-dir must name a folder, got an empty string")
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ValueError(f"--data-dir {args.data_dir} is a file, expected a folder")
+    if not data_dir.exists() and not args.download:
+        hint = " (pass --download to download CIFAR-10 there)" if args.data == "cifar10" else ""
+        raise ValueError(f"--data-dir {args.data_dir} does not exist{hint}")
+
+
 def validate(args: argparse.Namespace) -> argparse.Namespace:
     """Check option values argparse cannot; raise ValueError naming the flag."""
     _validate_data_model(args)
+    _validate_paths(args)
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise ValueError(f"--lr must be a positive number, got {args.lr}")
     if not (0.0 <= args.momentum < 1.0):
@@ -279,17 +334,25 @@ def _git_commit() -> Optional[str]:
     return commit if out.returncode == 0 and commit else None
 
 
+def _finite(obj):
+    """``obj`` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Strict JSON (NaN and inf written as null), atomically."""
+    engine.atomic_write_text(json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False) + "\n", path)
 
 
 def _write_metrics(path: Path, history) -> None:
     """Rewrite metrics.jsonl from the history (atomically): no duplicates after a resume."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(m) + "\n" for m in history))
-    os.replace(tmp, path)
+    engine.atomic_write_text("".join(json.dumps(_finite(m), allow_nan=False) + "\n" for m in history), path)
 
 
 def _log(rank: int, *msg) -> None:
@@ -311,16 +374,177 @@ def _setup_distributed(device_name: str):
     return rank, world, local
 
 
-def train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> dict:
-    """Run training as described by ``args`` (from :func:`parse_args`); return the summary.
+# ---------------------------------------------------------------------------------------------
+# The output folder: refuse to lose an earlier run, resume, or report it finished
+# ---------------------------------------------------------------------------------------------
 
-    Raises ValueError on bad options and :class:`nltutorial.engine.TrainingInterrupted`
-    after a signal (a checkpoint has then been written).
+
+def _same_path(a, b) -> bool:
+    """Whether two folder names (None, or relative to the current folder) name the same folder."""
+    if a is None or b is None:
+        return a is b
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _check_config(config: dict, saved: dict, where: str) -> None:
+    """ValueError naming the first flag whose value differs from the run ``saved`` came from."""
+    for k in RESUME_KEYS:
+        mine, theirs = config[k], saved.get(k)
+        if not (_same_path(mine, theirs) if k == "data_dir" else mine == theirs):
+            raise ValueError(f"--{k.replace('_', '-')} is {mine!r} but {where} was made with {theirs!r}")
+
+
+def _earlier_outputs(out: Path) -> list:
+    """The files of an earlier run in ``out`` (an empty metrics.jsonl, from a run stopped before
+    its first epoch, holds nothing and does not count)."""
+    found = [name for name in (METRICS, SUMMARY, MODEL) if (out / name).exists()]
+    if METRICS in found and (out / METRICS).stat().st_size == 0:
+        found.remove(METRICS)
+    return found
+
+
+def _finished_run(out: Path, config: dict) -> Optional[dict]:
+    """The summary of a finished run in ``out`` made with the same options, else None."""
+    path = out / SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is damaged ({err}); use --overwrite to start afresh") from None
+    if not (isinstance(saved, dict) and saved.get("finished") is True):
+        return None
+    _check_config(config, saved.get("args") or {}, f"the finished run in {out}")
+    return saved
+
+
+def _load_checkpoint(path: Path, config: dict) -> dict:
+    """The checkpoint at ``path``, checked to come from a run with the same options."""
+    try:
+        checkpoint = engine.load_checkpoint(path)
+    except engine.CheckpointError as err:
+        raise ValueError(f"{err}; use --overwrite to start afresh") from None
+    _check_config(config, checkpoint["config"], f"the checkpoint in {path.parent}")
+    return checkpoint
+
+
+def _open_out(args: argparse.Namespace, config: dict, rank: int):
+    """Decide what to do with ``--out``: return (checkpoint or None, finished summary or None).
+
+    A folder with a checkpoint needs --resume (continue) or --overwrite (start afresh); one with
+    an earlier run's metrics.jsonl, summary.json or model.pt but no checkpoint needs --overwrite
+    (nothing to resume from). --resume on a finished run returns its summary and trains nothing.
+    --overwrite deletes the earlier run's files; temporary files of killed writes are removed.
     """
-    validate(args)
-    wall0 = time.perf_counter()
-    rank, world, local = _setup_distributed(args.device)
-    args.world_size = world
+    out = Path(args.out)
+    ckpt_path = out / CHECKPOINT
+    if args.resume:
+        finished = _finished_run(out, config)
+        if finished is not None:
+            return None, finished
+    checkpoint = None
+    if ckpt_path.exists():
+        if args.resume:
+            checkpoint = _load_checkpoint(ckpt_path, config)
+        elif not args.overwrite:
+            raise ValueError(f"--out {out} already holds {CHECKPOINT}: pass --resume to continue or "
+                             f"--overwrite to start afresh")
+    elif not args.overwrite and _earlier_outputs(out):
+        raise ValueError(f"--out {out} holds {', '.join(_earlier_outputs(out))} of an earlier run but no "
+                         f"{CHECKPOINT}{' to resume from' if args.resume else ''}: pass --overwrite to "
+                         f"replace them, or choose another --out")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if args.overwrite:
+            for name in (CHECKPOINT, SUMMARY, MODEL):
+                (out / name).unlink(missing_ok=True)
+        for path in engine.remove_temporaries(out, OUTPUTS):
+            _log(rank, f"[nltutorial.train] removed {path} (left by an interrupted write)")
+    return checkpoint, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Data, model, resumed state
+# ---------------------------------------------------------------------------------------------
+
+
+def _cifar_data(args: argparse.Namespace):
+    """(train images, train labels, test images, test labels, info) of CIFAR-10 for the options."""
+    root = data_root(args.data_dir)
+    download = args.download or args.data_dir is None   # the default cache root downloads as needed
+    try:
+        train_images, train_labels = cifar10(root, train=True, download=download, per_batch=args.per_batch)
+        test_images, test_labels = cifar10(root, train=False, download=download, per_batch=args.per_batch)
+    except FileNotFoundError as err:
+        flag = f"--data-dir {args.data_dir}" if args.data_dir is not None else f"CIFAR-10 in {root}"
+        raise ValueError(f"{flag}: {err}" + ("" if download else " (or pass --download to download it there)")) \
+            from None
+    if args.train_subset is not None:
+        train_images, train_labels = train_images[: args.train_subset], train_labels[: args.train_subset]
+    if args.test_subset is not None:
+        test_images, test_labels = test_images[: args.test_subset], test_labels[: args.test_subset]
+    return train_images, train_labels, test_images, test_labels, {"root": root, "source": cifar10_source(root)}
+
+
+def _loaders(args: argparse.Namespace, world: int, device: torch.device):
+    """(train loader, test loader, data info) for --data; info adds num_classes and the counts."""
+    video = args.data in VIDEO_DATA
+    train_x, train_y, test_x, test_y, info = _video_data(args) if video else _cifar_data(args)
+    global_batch = args.batch_size * world
+    if len(train_x) < global_batch:
+        raise ValueError(f"--batch-size {args.batch_size} (x {world} processes) exceeds the "
+                         f"{len(train_x)} training {'clips' if video else 'images'}")
+    if video:
+        train_loader = ClipLoader(train_x, train_y, global_batch, train=True, device=device, seed=args.seed)
+        test_loader = ClipLoader(test_x, test_y, global_batch, train=False, device=device, seed=args.seed)
+        shape, classes = tuple(train_x.shape[1:]), len(info["classes"])       # (C, T, H, W)
+    else:
+        kw = dict(device=device, seed=args.seed, channels_last=args.channels_last)
+        train_loader = DeviceLoader(train_x, train_y, global_batch, train=True, **kw)
+        test_loader = DeviceLoader(test_x, test_y, global_batch, train=False, **kw)
+        shape, classes = (3, 32, 32), 10
+    info.update(num_classes=classes, input_shape=shape, train_images=int(len(train_x)),
+                test_images=int(len(test_x)))
+    return train_loader, test_loader, info
+
+
+def _build_model(args: argparse.Namespace, num_classes: int, input_shape: tuple, device: torch.device):
+    """(model, parameters, forward FLOPs per image or clip), seeded with --seed."""
+    torch.manual_seed(args.seed)
+    attention = None if args.attention == "none" else args.attention
+    if args.data in VIDEO_DATA:
+        model = video_resnet(args.model, num_classes=num_classes, attention=attention).to(device)
+    else:
+        model = cifar_resnet(args.model, num_classes=num_classes, attention=attention).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    params = count_parameters(model)
+    model.eval()
+    flops = count_flops(model, torch.zeros(1, *input_shape, device=device))
+    model.train()
+    return model, params, flops
+
+
+def _restore(checkpoint: dict, path: Path, parts: dict, train_loader, rank: int, device: torch.device):
+    """Load the checkpoint's states into ``parts`` (model, optimizer, scheduler, scaler) and the
+    loader; return (epochs done, history, this rank's mid-epoch state or None, wall seconds)."""
+    try:
+        for name, part in parts.items():
+            part.load_state_dict(checkpoint[name])
+        train_loader.load_state_dict(checkpoint["loader"])
+        saved = checkpoint["epoch_state"]
+        epoch_state = None if saved is None else engine.restore_epoch_state(saved, rank, device)
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as err:
+        detail = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        raise ValueError(f"checkpoint {path} is damaged or not a checkpoint: {detail}; "
+                         f"use --overwrite to start afresh") from None
+    elapsed = float(checkpoint.get("wall_seconds", 0.0))
+    return checkpoint["epoch"], list(checkpoint["history"]), epoch_state, elapsed
+
+
+def _runtime(args: argparse.Namespace, rank: int, world: int, local: int):
+    """(device, amp, progress) for the options: this process's device, the autocast precision
+    (bf16 on CUDA, off on CPU unless --amp), and whether rank 0 shows a progress bar."""
     device = resolve_device(args.device)
     if device.type == "cuda":
         device = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
@@ -329,57 +553,47 @@ def train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> dic
     if progress and engine._tqdm is None:
         _log(rank, "[nltutorial.train] tqdm is not installed: no progress bar (pip install tqdm)")
         progress = False
-    progress = progress and rank == 0
+    return device, amp, progress and rank == 0
+
+
+def _step_model(model: nn.Module, args: argparse.Namespace, world: int, device: torch.device) -> nn.Module:
+    """The module the steps call: ``model``, wrapped in DDP under torchrun, compiled with --compile."""
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(model) if args.compile else model
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+def train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> dict:
+    """Run training as described by ``args`` (from :func:`parse_args`); return the summary.
+
+    Raises ValueError on bad options or an output folder it must not touch,
+    :class:`nltutorial.engine.TrainingInterrupted` after a signal (a checkpoint has then been
+    written), :class:`nltutorial.engine.TrainingDiverged` when an epoch's loss is NaN or
+    infinite (after writing summary.json), and DiskFullError when a file could not be written
+    (the previous checkpoint stays valid).
+    """
+    validate(args)
+    wall0 = time.perf_counter()
+    rank, world, local = _setup_distributed(args.device)
+    args.world_size = world
+    device, amp, progress = _runtime(args, rank, world, local)
 
     out = Path(args.out)
-    ckpt_path, metrics_path, summary_path = out / CHECKPOINT, out / METRICS, out / SUMMARY
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    checkpoint = None
-    if ckpt_path.exists():
-        if args.resume:
-            checkpoint = engine.load_checkpoint(ckpt_path)
-        elif not args.overwrite:
-            raise ValueError(f"--out {out} already holds {CHECKPOINT}: pass --resume to continue or "
-                             f"--overwrite to start afresh")
+    ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
     config = {k: getattr(args, k) for k in RESUME_KEYS}
-    if checkpoint is not None:
-        for k in RESUME_KEYS:
-            if checkpoint["config"].get(k) != config[k]:
-                flag = "--" + k.replace("_", "-")
-                raise ValueError(f"{flag} is {config[k]!r} but the checkpoint in {out} was made with "
-                                 f"{checkpoint['config'].get(k)!r}")
+    checkpoint, finished = _open_out(args, config, rank)
+    if finished is not None:
+        _log(rank, f"[nltutorial.train] {out} holds a finished run ({finished.get('epochs_done')} epochs, test "
+             f"accuracy {finished.get('test_accuracy')}): nothing to do; pass --overwrite to train it again")
+        return finished
 
-    # ---- data
-    video = args.data in VIDEO_DATA
-    global_batch = args.batch_size * world
-    if video:
-        train_images, train_labels, test_images, test_labels, data_info = _video_data(args)
-        num_classes = len(data_info["classes"])
-        root = data_info["root"]
-    else:
-        root = data_root(args.data_dir)
-        train_images, train_labels = cifar10(root, train=True, per_batch=args.per_batch)
-        test_images, test_labels = cifar10(root, train=False, per_batch=args.per_batch)
-        if args.train_subset is not None:
-            train_images, train_labels = train_images[: args.train_subset], train_labels[: args.train_subset]
-        if args.test_subset is not None:
-            test_images, test_labels = test_images[: args.test_subset], test_labels[: args.test_subset]
-        num_classes = 10
-        data_info = {"source": cifar10_source(root)}
-    if len(train_images) < global_batch:
-        raise ValueError(f"--batch-size {args.batch_size} (x {world} processes) exceeds the "
-                         f"{len(train_images)} training {'clips' if video else 'images'}")
-    if video:
-        train_loader = ClipLoader(train_images, train_labels, global_batch, train=True, device=device,
-                                  seed=args.seed)
-        test_loader = ClipLoader(test_images, test_labels, global_batch, train=False, device=device,
-                                 seed=args.seed)
-    else:
-        train_loader = DeviceLoader(train_images, train_labels, global_batch, train=True, device=device,
-                                    seed=args.seed, channels_last=args.channels_last)
-        test_loader = DeviceLoader(test_images, test_labels, global_batch, train=False, device=device,
-                                   channels_last=args.channels_last, seed=args.seed)
+    train_loader, test_loader, data_info = _loaders(args, world, device)
     steps = len(train_loader)
     shard = None
     if world > 1:
@@ -387,79 +601,44 @@ def train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> dic
             sl = slice(rank * args.batch_size, (rank + 1) * args.batch_size)
             return x[sl], y[sl]
 
-    # ---- model, optimiser, schedule
-    torch.manual_seed(args.seed)
-    attention = None if args.attention == "none" else args.attention
-    if video:
-        model = video_resnet(args.model, num_classes=num_classes, attention=attention).to(device)
-        flops_input = torch.zeros(1, *train_images.shape[1:], device=device)   # (1, C, T, H, W)
-    else:
-        model = cifar_resnet(args.model, num_classes=10, attention=attention).to(device)
-        flops_input = torch.zeros(1, 3, 32, 32, device=device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    params = count_parameters(model)
-    model.eval()
-    flops = count_flops(model, flops_input)
-    model.train()
+    model, params, flops = _build_model(args, data_info["num_classes"], data_info["input_shape"], device)
     optimizer = engine.build_optimizer(model, args.lr, args.weight_decay, args.momentum)
     scheduler = engine.build_scheduler(optimizer, args.schedule, args.lr, args.epochs * steps)
     scaler = torch.amp.GradScaler(device.type, enabled=(amp == "fp16"))
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
 
     start_epoch, history, epoch_state, elapsed = 0, [], None, 0.0
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        train_loader.load_state_dict(checkpoint["loader"])
-        start_epoch, history = checkpoint["epoch"], list(checkpoint["history"])
-        elapsed = float(checkpoint.get("wall_seconds", 0.0))
-        if checkpoint.get("epoch_state") is not None:
-            epoch_state = dict(checkpoint["epoch_state"])
-            epoch_state["loss_sum"] = epoch_state["loss_sum"].to(device)
-            epoch_state["correct"] = epoch_state["correct"].to(device)
+        start_epoch, history, epoch_state, elapsed = _restore(checkpoint, ckpt_path, parts, train_loader,
+                                                              rank, device)
         _log(rank, f"[nltutorial.train] resuming {ckpt_path}: {start_epoch} epochs done"
              + (f", step {epoch_state['step']}/{steps} of epoch {start_epoch + 1}" if epoch_state else ""))
     if rank == 0:
         _write_metrics(metrics_path, history)
 
-    step_model = model
-    if world > 1:
-        step_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if args.compile:
-        step_model = torch.compile(step_model)
+    step_model = _step_model(model, args, world, device)
 
     def save(epoch_done: int, state: Optional[dict]) -> None:
+        """Write the checkpoint (rank 0); mid-epoch, every rank's running sums go into it."""
+        sums = None if state is None else engine.gather_epoch_state(state)   # a collective
         if rank != 0:
             return
         engine.atomic_save({
-            "format": 1,
-            "config": config,
-            "args": vars(args),
-            "epoch": epoch_done,
-            "epoch_state": None if state is None else {**state, "loss_sum": state["loss_sum"].cpu(),
-                                                        "correct": state["correct"].cpu()},
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "loader": {"epoch": epoch_done, "seed": train_loader.seed},
-            "rng": engine.get_rng_state(),
-            "history": history,
-            "wall_seconds": elapsed + time.perf_counter() - wall0,
-            "torch": torch.__version__,
+            "format": engine.CHECKPOINT_FORMAT, "config": config, "args": vars(args), "epoch": epoch_done,
+            "epoch_state": sums, **{name: part.state_dict() for name, part in parts.items()},
+            "loader": {"epoch": epoch_done, "seed": train_loader.seed}, "rng": engine.get_rng_state(),
+            "history": history, "wall_seconds": elapsed + time.perf_counter() - wall0,
+            "torch": str(torch.__version__),
         }, ckpt_path)
 
-    unit = "clip" if video else "image"
+    unit = "clip" if args.data in VIDEO_DATA else "image"
     _log(rank, f"[nltutorial.train] {args.model} attention={args.attention} on {device} "
          f"(amp {amp}, {world} process{'es' if world > 1 else ''}): {params:,} parameters, "
-         f"{flops / 1e6:.1f} MFLOPs/{unit}, {len(train_images)} train / {len(test_images)} test {unit}s, "
-         f"{steps} steps/epoch")
+         f"{flops / 1e6:.1f} MFLOPs/{unit}, {data_info['train_images']} train / {data_info['test_images']} "
+         f"test {unit}s, {steps} steps/epoch")
 
-    last_epoch = args.stop_after or args.epochs
+    diverged = None
     with engine.StopOnSignal() as stop:
         def on_stop(state):
             save(epoch, state)
@@ -467,7 +646,7 @@ def train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> dic
                 torch.distributed.barrier()
             raise engine.TrainingInterrupted(stop.signum or 15, ckpt_path)
 
-        for epoch in range(start_epoch, last_epoch):
+        for epoch in range(start_epoch, args.stop_after or args.epochs):
             if epoch_state is not None:  # mid-epoch resume: RNG state as at the checkpoint
                 engine.set_rng_state(checkpoint["rng"])
             else:
@@ -479,19 +658,19 @@ def train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> dic
                                        progress=progress, desc=f"epoch {epoch + 1}/{args.epochs}")
             epoch_state = None
             summary = engine.epoch_summary(state)
-            if not math.isfinite(summary["train_loss"]):
-                raise FloatingPointError(f"epoch {epoch + 1}: training loss is {summary['train_loss']}")
             t_eval = time.perf_counter()
             test = engine.evaluate(step_model, test_loader, device=device, amp=amp, shard=shard)
             row = {"epoch": epoch + 1, "train_loss": summary["train_loss"],
                    "train_accuracy": summary["train_accuracy"], **test, "lr": state["lr"],
                    "epoch_seconds": state["seconds"] + (time.perf_counter() - t_eval),
                    "images_per_second": summary["train_images"] / max(state["seconds"], 1e-9)}
+            if not (math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])):
+                diverged = row   # no checkpoint or metrics line for a diverged epoch
+                break
             history.append(row)
-            if rank == 0:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            save(epoch + 1, None)
+            save(epoch + 1, None)                 # the checkpoint first: metrics.jsonl never gets
+            if rank == 0:                         # ahead of it (a resume rewrites it from the history)
+                _write_metrics(metrics_path, history)
             _log(rank, f"epoch {epoch + 1}/{args.epochs}  train loss {row['train_loss']:.4f} "
                  f"acc {row['train_accuracy']:.4f}  test loss {row['test_loss']:.4f} "
                  f"acc {row['test_accuracy']:.4f}  lr {row['lr']:.4g}  {row['epoch_seconds']:.1f} s  "
@@ -501,18 +680,36 @@ def train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> dic
                     torch.distributed.barrier()
                 raise engine.TrainingInterrupted(stop.signum or 15, ckpt_path)
 
+    summary = _summary(args, argv, history, device, amp, world, params, flops, data_info,
+                       elapsed + time.perf_counter() - wall0)
+    if diverged is not None:
+        summary["diverged"] = diverged
+    if rank == 0:
+        if summary["finished"]:
+            engine.atomic_save(model.state_dict(), out / MODEL)
+        _write_json(out / SUMMARY, summary)
+    if diverged is not None:
+        raise engine.TrainingDiverged(diverged["epoch"], diverged["train_loss"], diverged["test_loss"])
+    _log(rank, f"[nltutorial.train] test accuracy {summary['test_accuracy']:.4f}; wrote {out}")
+    return summary
+
+
+def _summary(args, argv, history, device, amp, world, params, flops, data_info, wall_seconds) -> dict:
+    """The contents of summary.json (see the module docstring)."""
     rates = sorted(m["images_per_second"] for m in history)
-    summary = {
-        "test_accuracy": history[-1]["test_accuracy"] if history else None,
-        "test_loss": history[-1]["test_loss"] if history else None,
-        "train_accuracy": history[-1]["train_accuracy"] if history else None,
-        "train_loss": history[-1]["train_loss"] if history else None,
+    last = history[-1] if history else {}
+    root = data_info.get("root")
+    return {
+        "test_accuracy": last.get("test_accuracy"),
+        "test_loss": last.get("test_loss"),
+        "train_accuracy": last.get("train_accuracy"),
+        "train_loss": last.get("train_loss"),
         "epochs_done": len(history),
         "finished": len(history) == args.epochs,
         "params": params,
         "flops": flops,
         "images_per_second": rates[len(rates) // 2] if rates else None,
-        "wall_seconds": elapsed + time.perf_counter() - wall0,
+        "wall_seconds": wall_seconds,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "device_type": device.type,
         "world_size": world,
@@ -524,16 +721,11 @@ def train(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> dic
                             [sys.executable, "-m", "nltutorial.train",
                              *(sys.argv[1:] if argv is None else argv)]),
         "data": {"name": args.data, "root": None if root is None else str(root),
-                 "train_images": int(len(train_images)), "test_images": int(len(test_images)),
-                 **{k: v for k, v in data_info.items() if k != "root"}},
+                 "train_images": data_info["train_images"], "test_images": data_info["test_images"],
+                 **{k: v for k, v in data_info.items()
+                    if k not in ("root", "num_classes", "input_shape", "train_images", "test_images")}},
         "args": vars(args),
     }
-    if rank == 0:
-        if summary["finished"]:
-            engine.atomic_save(model.state_dict(), out / MODEL)
-        _write_json(summary_path, summary)
-        _log(rank, f"[nltutorial.train] test accuracy {summary['test_accuracy']:.4f}; wrote {out}")
-    return summary
 
 
 def _evenly_spaced(n_total: int, n: Optional[int]) -> Optional[torch.Tensor]:
@@ -582,7 +774,9 @@ def _video_data(args: argparse.Namespace):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry point; returns the exit status (128 + signal number if interrupted)."""
+    """Command-line entry point; returns the exit status: 0, 2 for a usage error (bad option,
+    damaged checkpoint, output folder it must not touch), 1 for a diverged run or a full disk,
+    128 + the signal number when interrupted."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parse_args(argv)
@@ -593,6 +787,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except engine.TrainingInterrupted as err:
         print(f"[nltutorial.train] {err}", file=sys.stderr, flush=True)
         return err.exit_code
+    except engine.TrainingDiverged as err:
+        print(f"[nltutorial.train] {err}; summary.json records it, no checkpoint was written for it",
+              file=sys.stderr, flush=True)
+        return 1
+    except engine.DiskFullError as err:
+        print(f"[nltutorial.train] {err.strerror or err}; the previous checkpoint is kept", file=sys.stderr,
+              flush=True)
+        return 1
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

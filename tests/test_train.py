@@ -1,6 +1,8 @@
 """The training command line (nltutorial.train) and engine: files, exact resume, signals, flags."""
 
+import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -195,34 +197,81 @@ def test_atomic_save_replaces_and_leaves_no_temp(tmp_path):
     path = tmp_path / "c.pt"
     engine.atomic_save({"a": 1}, path)
     engine.atomic_save({"a": 2}, path)
-    assert engine.load_checkpoint(path) == {"a": 2}
+    assert torch.load(path, weights_only=True) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
-def _torchrun(out, *extra):
+_STOP_AT_STEP_2 = """
+import os, signal, sys
+from nltutorial import engine, train
+
+class StopAtStep2(engine.StopOnSignal):
+    # rank 0 'receives' SIGTERM after step 2 of epoch 1 (of 4): a mid-epoch interruption
+    polls = 0
+
+    @property
+    def requested(self):
+        StopAtStep2.polls += 1
+        if StopAtStep2.polls >= 2 and os.environ["RANK"] == "0":
+            self.signum = signal.SIGTERM
+        return self.signum is not None
+
+engine.StopOnSignal = StopAtStep2
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+needs_gloo = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+
+def _torchrun(out, *extra, script=None, ok=True):
+    """Two gloo processes under torchrun; ``script`` replaces ``-m nltutorial.train``."""
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     argv = tiny(out, *extra)
     argv[argv.index("--batch-size") + 1] = "32"  # per process: 2 x 32 = the global batch of 64
+    target = ["-m", "nltutorial.train"] if script is None else [str(script)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "nltutorial.train", *argv]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+           *target, *argv]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert (proc.returncode == 0) == ok, proc.stdout + proc.stderr
     return proc
 
 
+@pytest.fixture(scope="module")
+def ddp_reference(tmp_path_factory):
+    """An uninterrupted 2-epoch run in two gloo processes."""
+    out = tmp_path_factory.mktemp("ddp_reference")
+    _torchrun(out)
+    return out
+
+
 @needs_data
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="torch.distributed with gloo is not available")
-def test_ddp_two_cpu_processes_resume_exactly(tmp_path):
-    _torchrun(tmp_path / "full")
-    rows = metrics(tmp_path / "full")
+@needs_gloo
+def test_ddp_two_cpu_processes_resume_exactly(ddp_reference, tmp_path):
+    rows = metrics(ddp_reference)
     assert [r["epoch"] for r in rows] == [1, 2]
-    summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    summary = json.loads((ddp_reference / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["data"]["train_images"] == 256
     _torchrun(tmp_path / "cut", "--stop-after", "1")
     _torchrun(tmp_path / "cut", "--resume")
     assert strip_timing(metrics(tmp_path / "cut")) == strip_timing(rows)
+
+
+@needs_data
+@needs_gloo
+def test_ddp_mid_epoch_interruption_resumes_exactly(ddp_reference, tmp_path):
+    script = tmp_path / "stop_at_step_2.py"
+    script.write_text(_STOP_AT_STEP_2)
+    out = tmp_path / "cut"
+    proc = _torchrun(out, script=script, ok=False)
+    assert "SIGTERM" in proc.stdout + proc.stderr
+    ckpt = engine.load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["epoch"] == 0 and ckpt["epoch_state"]["step"] == 2
+    _torchrun(out, "--resume")
+    assert strip_timing(metrics(out)) == strip_timing(metrics(ddp_reference))
+    sums = ckpt["epoch_state"]                         # both ranks' running sums were kept
+    assert sums["seen"].tolist() == [64, 64] and sums["loss_sum"][0] != sums["loss_sum"][1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +339,7 @@ def test_video_defaults_follow_the_data(tmp_path):
     assert (args.model, args.frames, args.frame_stride, args.size) == ("i3d", 8, 2, 112)
     args = T.parse_args(["--out", str(tmp_path)])
     assert (args.model, args.frames, args.frame_stride, args.size) == ("resnet20", None, None, None)
-    with pytest.raises(ValueError, match="--data-dir"):
+    with pytest.raises(SystemExit):   # a parser error (exit 2) naming --data-dir: see test_paths_are_checked
         run(["--data", "kinetics-folder", "--data-dir", str(tmp_path / "missing"), "--device", "cpu",
              "--out", str(tmp_path / "out")])
 
@@ -315,3 +364,223 @@ def test_video_flag_combinations_are_named(argv, flag, tmp_path, capsys):
         T.main([*argv, "--device", "cpu", "--out", str(tmp_path)])
     assert info.value.code == 2
     assert flag in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 15: no data lost, nothing executed from files, nothing half-written, named errors
+# ---------------------------------------------------------------------------------------------
+
+
+def _fails_with(argv, capsys, code=2):
+    """Run the command line; assert its exit status and return its stderr."""
+    capsys.readouterr()
+    try:
+        status = T.main(argv)
+    except SystemExit as exit:
+        status = exit.code
+    assert status == code
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, text", [("metrics.jsonl", '{"epoch": 1}\n'), ("summary.json", "{}\n"),
+                                        ("model.pt", "weights")])
+@pytest.mark.parametrize("resume", [False, True])
+def test_earlier_outputs_without_checkpoint_are_not_overwritten(name, text, resume, tmp_path, capsys):
+    (tmp_path / name).write_text(text)
+    err = _fails_with(tiny_video(tmp_path, *(["--resume"] if resume else [])), capsys)
+    assert name in err and "--overwrite" in err and "checkpoint.pt" in err
+    assert (tmp_path / name).read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_overwrite_replaces_an_earlier_run_and_an_empty_metrics_file_is_no_run(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("")          # a run killed before its first epoch
+    assert run(tiny_video(tmp_path, "--stop-after", "1"))["epochs_done"] == 1
+    (tmp_path / "model.pt").write_text("stale weights")
+    summary = run(tiny_video(tmp_path, "--overwrite", epochs=1))
+    assert summary["finished"] and len(metrics(tmp_path)) == 1
+    torch.load(tmp_path / "model.pt", weights_only=True)   # the new weights, not the stale file
+
+
+def test_resume_of_a_finished_run_trains_nothing(video_reference, tmp_path, capsys):
+    ref, _ = video_reference
+    for name in ("metrics.jsonl", "summary.json", "model.pt"):   # as the sweep leaves it: no checkpoint
+        (tmp_path / name).write_bytes((ref / name).read_bytes())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    capsys.readouterr()
+    summary = run(tiny_video(tmp_path, "--resume"))
+    assert summary == json.loads((ref / "summary.json").read_text())
+    assert "finished run" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    with pytest.raises(SystemExit):
+        T.main(tiny_video(tmp_path, "--resume", "--seed", "4"))   # another run's options: named
+    assert "--seed" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_checkpoint_whose_pickle_would_run_code(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+
+    class Planted:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))   # unpickling creates the marker file
+
+    torch.save({"format": 1, "config": {}, "model": Planted()}, tmp_path / "checkpoint.pt")
+    err = _fails_with(tiny_video(tmp_path, "--resume"), capsys)
+    assert f"checkpoint {tmp_path / 'checkpoint.pt'} is damaged or not a checkpoint" in err
+    assert "could run code" in err and "--overwrite" in err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text", "model.pt", "missing keys"])
+def test_damaged_checkpoint_is_named(damage, video_reference, tmp_path, capsys):
+    ref, _ = video_reference
+    path = tmp_path / "checkpoint.pt"
+    data = (ref / "checkpoint.pt").read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "text":
+        path.write_text("epoch 2 of 2\n")
+    elif damage == "model.pt":
+        path.write_bytes((ref / "model.pt").read_bytes())
+    else:
+        ckpt = engine.load_checkpoint(ref / "checkpoint.pt")
+        del ckpt["optimizer"], ckpt["rng"]
+        torch.save(ckpt, path)
+    err = _fails_with(tiny_video(tmp_path, "--resume"), capsys)
+    assert f"checkpoint {path} is damaged or not a checkpoint: " in err
+    assert "use --overwrite to start afresh" in err
+    if damage == "missing keys":
+        assert "optimizer" in err and "rng" in err
+
+
+def _as_format_1(ckpt):
+    """A checkpoint as the trainer wrote it before format 2 (the layout of the running sweep's):
+    NumPy's RNG tuple with its uint32 array, rank 0's running sums as scalars, torch's version
+    object; saved with torch.save, read then with weights_only=False."""
+    old = dict(ckpt, format=1, torch=torch.__version__)
+    np_state = ckpt["rng"]["numpy"]
+    old["rng"] = {"torch": ckpt["rng"]["torch"], "python": ckpt["rng"]["python"],
+                  "numpy": (np_state["bit_generator"], np_state["key"].numpy().astype("uint32"), np_state["pos"],
+                            np_state["has_gauss"], np_state["cached_gaussian"])}
+    if ckpt["epoch_state"] is not None:
+        s = ckpt["epoch_state"]
+        old["epoch_state"] = {**s, "loss_sum": s["loss_sum"][0].clone(), "correct": s["correct"][0].clone(),
+                              "seen": int(s["seen"][0])}
+    return old
+
+
+@needs_data
+def test_format_1_checkpoint_resumes_exactly(reference, tmp_path, monkeypatch):
+    ref, _ = reference
+    with monkeypatch.context() as m:
+        m.setattr(engine, "StopOnSignal", _StopAfterPolls)
+        with pytest.raises(engine.TrainingInterrupted):
+            run(tiny(tmp_path))
+    path = tmp_path / "checkpoint.pt"
+    ckpt = engine.load_checkpoint(path)
+    assert ckpt["format"] == 2 and ckpt["epoch_state"]["step"] == 3
+    torch.save(_as_format_1(ckpt), path)
+    assert engine.load_checkpoint(path)["format"] == 1
+    # the same folder spelled with ./ and a trailing slash, relative to the current folder
+    monkeypatch.chdir(SUBSET.parent)
+    argv = tiny(tmp_path, "--resume")
+    argv[argv.index("--data-dir") + 1] = f"./{SUBSET.name}/"
+    run(argv)
+    assert strip_timing(metrics(tmp_path)) == strip_timing(metrics(ref))
+    assert engine.load_checkpoint(path)["format"] == 2
+
+
+def test_temporaries_of_killed_writes_are_removed_at_start(tmp_path):
+    planted = [".checkpoint.pt.x1y2z3.tmp", ".summary.json.tmp", ".metrics.jsonl.tmp", ".model.pt.abc.tmp"]
+    for name in planted:
+        (tmp_path / name).write_bytes(b"half")
+    (tmp_path / "notes.tmp").write_text("mine")
+    run(tiny_video(tmp_path, epochs=1))
+    names = {p.name for p in tmp_path.iterdir()}
+    assert not names & set(planted)
+    assert names == {"notes.tmp", "checkpoint.pt", "metrics.jsonl", "summary.json", "model.pt"}
+
+
+def test_disk_full_while_writing_a_checkpoint_keeps_the_last_one(video_reference, tmp_path, monkeypatch, capsys):
+    ref, _ = video_reference
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:   # the checkpoint of epoch 2: half written, then the disk is full
+            f.write(b"\x00" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", save)
+        err = _fails_with(tiny_video(tmp_path), capsys, code=1)
+    assert f"disk full while writing {tmp_path / 'checkpoint.pt'}" in err
+    assert engine.load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    assert [r["epoch"] for r in metrics(tmp_path)] == [1]          # never ahead of the checkpoint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "metrics.jsonl"]
+    run(tiny_video(tmp_path, "--resume"))
+    assert strip_timing(metrics(tmp_path)) == strip_timing(metrics(ref))
+
+
+def _strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"bare {constant} in JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_files_never_hold_bare_nan(tmp_path):
+    T._write_json(tmp_path / "s.json", {"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
+    assert _strict_json((tmp_path / "s.json").read_text()) == {"a": None, "b": [None, 1.5], "c": {"d": None}}
+    T._write_metrics(tmp_path / "m.jsonl", [{"epoch": 1, "test_loss": float("nan")}])
+    assert _strict_json((tmp_path / "m.jsonl").read_text()) == {"epoch": 1, "test_loss": None}
+
+
+def test_diverged_run_exits_non_zero_naming_the_epoch(tmp_path, monkeypatch, capsys):
+    real_evaluate, epochs = engine.evaluate, []
+
+    def evaluate(*args, **kwargs):
+        epochs.append(1)
+        result = real_evaluate(*args, **kwargs)
+        return {**result, "test_loss": math.nan} if len(epochs) == 2 else result
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    err = _fails_with(tiny_video(tmp_path, epochs=3), capsys, code=1)
+    assert "diverged at epoch 2" in err and "nan" in err
+    assert [r["epoch"] for r in metrics(tmp_path)] == [1]
+    assert engine.load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    summary = _strict_json((tmp_path / "summary.json").read_text())
+    assert summary["finished"] is False and summary["diverged"]["epoch"] == 2
+    assert summary["diverged"]["test_loss"] is None and not (tmp_path / "model.pt").exists()
+
+
+@pytest.mark.parametrize("value", ["-1", str(2**32), "1.5"])
+def test_seed_out_of_range_is_a_parser_error(value, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(T, "_loaders", lambda *a: pytest.fail("data loaded before the --seed check"))
+    err = _fails_with(tiny_video(tmp_path, "--seed", value), capsys)
+    assert "--seed" in err
+    assert T.parse_args(tiny_video(tmp_path, "--seed", str(2**32 - 1))).seed == 2**32 - 1
+
+
+def test_paths_are_checked(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert "--out" in _fails_with(["--data", "moving-shapes", "--out", str(a_file)], capsys)
+    assert "--out" in _fails_with(["--data", "moving-shapes", "--out", ""], capsys)
+    for data in ("cifar10", "kinetics-folder"):
+        argv = ["--data", data, "--out", str(tmp_path / "o")]
+        assert "--data-dir" in _fails_with([*argv, "--data-dir", str(a_file)], capsys)
+        assert "--data-dir" in _fails_with([*argv, "--data-dir", ""], capsys)
+        err = _fails_with([*argv, "--data-dir", str(tmp_path / "missing")], capsys)
+        assert "--data-dir" in err and "does not exist" in err
+    assert "--download" in _fails_with(["--data", "moving-shapes", "--download", "--out", str(tmp_path)], capsys)
+    args = T.parse_args(["--data-dir", str(tmp_path / "missing"), "--download", "--out", str(tmp_path / "o")])
+    assert args.download and not (tmp_path / "missing").exists()   # created by the download, not the parser
+    assert not (tmp_path / "o").exists()
+
+
+def test_data_dir_without_cifar10_needs_download(tmp_path, capsys):
+    err = _fails_with(["--data-dir", str(tmp_path), "--device", "cpu", "--out", str(tmp_path / "o")], capsys)
+    assert f"--data-dir {tmp_path}" in err and "--download" in err
