@@ -22,6 +22,7 @@ gcnet           GCNet's global context block
 local_relation  the local relation layer of LR-Net
 factory         create_attention(name, channels, **kwargs)
 plotting        small matplotlib helpers used by the chapters
+explorer        click a pixel, see its attention map: a self-contained HTML explorer
 tables          result tables shown as HTML in the book, as aligned text in a terminal
 cost            parameters, FLOPs (with CPU attention) and peak memory of a module
 timing, verify  timing and the numerical checks the chapters print
@@ -34,6 +35,7 @@ from .bam import BAM
 from .cbam import CBAM, ChannelGate, SpatialGate
 from .cost import count_flops, count_parameters, peak_memory
 from .danet import ChannelAttention, DualAttention, PositionAttention
+from .explorer import AttentionExplorer, attention_explorer
 from .factory import ATTENTION_NAMES, create_attention
 from .gcnet import ContextBlock
 from .images import add_gaussian_noise, psnr, sample_image, ssim
@@ -47,6 +49,7 @@ from .verify import assert_close
 
 __all__ = [
     "ATTENTION_NAMES",
+    "AttentionExplorer",
     "BAM",
     "CBAM",
     "ChannelAttention",
@@ -62,6 +65,7 @@ __all__ = [
     "SqueezeExcite",
     "add_gaussian_noise",
     "assert_close",
+    "attention_explorer",
     "count_flops",
     "count_parameters",
     "create_attention",
