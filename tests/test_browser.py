@@ -1,9 +1,10 @@
 """Browser checks (tools/browser_check.py): unit tests on small synthetic sites,
 and a check of the built book in _build/html when it exists.
 
-Needs the Python package playwright and Debian's chromium (/usr/bin/chromium);
-the tests skip when either is missing, unless NLTUTORIAL_REQUIRE_BUILD=1, in
-which case they fail (as does the book test when the book is not built).
+Needs the Python package playwright and Debian's chromium (/usr/bin/chromium), or
+another Chromium or Chrome executable named by NLTUTORIAL_CHROMIUM; the tests skip
+when either is missing, unless NLTUTORIAL_REQUIRE_BUILD=1, in which case they fail
+(as does the book test when the book is not built).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("NLTUTORIAL_CHROMIUM", "/usr/bin/chromium")
 REQUIRE = os.environ.get("NLTUTORIAL_REQUIRE_BUILD") == "1"
 # NLTUTORIAL_BOOK_HTML: check another built site instead (e.g. a throwaway demo book).
 BOOK_HTML = Path(os.environ.get("NLTUTORIAL_BOOK_HTML", ROOT / "_build" / "html"))
@@ -35,6 +35,7 @@ def _load_checker():
 
 
 bc = _load_checker()
+CHROMIUM = bc.chromium_path()  # $NLTUTORIAL_CHROMIUM, else /usr/bin/chromium
 
 
 def _unavailable(reason: str):
@@ -50,9 +51,10 @@ def browser():
         sync_playwright = bc.import_playwright()
     except bc.ChromiumUnavailable as exc:
         _unavailable(str(exc))
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        _unavailable(f"Chromium not found at {CHROMIUM}: install Debian's chromium package "
-                     f"(apt-get install chromium) to run the browser checks")
+    try:
+        bc.require_chromium(CHROMIUM)
+    except bc.ChromiumUnavailable as exc:
+        _unavailable(str(exc))
     pw = sync_playwright().start()
     try:
         try:
@@ -287,6 +289,66 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert bc.main(["--html", str(site), "--chromium", missing, "--require"]) == 1
     # No built site: exit 2.
     assert bc.main(["--html", str(tmp_path / "nothing"), "--chromium", missing]) == 2
+
+
+def test_chromium_env_chooses_the_browser(monkeypatch, tmp_path):
+    fake = tmp_path / "my-chrome"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv(bc.CHROMIUM_ENV, str(fake))
+    assert bc.CHROMIUM_ENV == "NLTUTORIAL_CHROMIUM"
+    assert bc.chromium_path() == str(fake)
+    bc.require_chromium()  # an executable file: accepted, nothing raised
+    monkeypatch.setenv(bc.CHROMIUM_ENV, "")  # empty counts as unset
+    assert bc.chromium_path() == bc.DEFAULT_CHROMIUM == "/usr/bin/chromium"
+    monkeypatch.delenv(bc.CHROMIUM_ENV)
+    assert bc.chromium_path() == "/usr/bin/chromium"
+
+
+@pytest.mark.parametrize("kind, what", [("missing", "does not exist"), ("folder", "is a folder"),
+                                        ("plain file", "is not executable")])
+def test_bad_chromium_env_value_is_named(monkeypatch, tmp_path, capsys, kind, what):
+    bad = tmp_path / "chrome"
+    if kind == "folder":
+        bad.mkdir()
+    elif kind == "plain file":
+        bad.write_text("not a browser")
+        bad.chmod(0o644)
+        if os.access(bad, os.X_OK):
+            pytest.skip("this user may execute any file")
+    monkeypatch.setenv("NLTUTORIAL_CHROMIUM", str(bad))
+    with pytest.raises(bc.ChromiumUnavailable) as err:
+        bc.require_chromium()
+    assert f"NLTUTORIAL_CHROMIUM={str(bad)!r} {what}: set NLTUTORIAL_CHROMIUM to the path of" in str(err.value)
+    # The CLI without --chromium uses the variable: skips by default, fails with --require,
+    # and both times says which variable holds the bad path.
+    site = good_site(tmp_path / "site")
+    assert bc.main(["--html", str(site)]) == 0
+    out = capsys.readouterr().err
+    assert f"NLTUTORIAL_CHROMIUM={str(bad)!r} {what}" in out and out.rstrip().endswith("skipping")
+    assert bc.main(["--html", str(site), "--require"]) == 1
+    assert f"NLTUTORIAL_CHROMIUM={str(bad)!r} {what}" in capsys.readouterr().err
+
+
+def test_pytest_names_a_bad_chromium_env(tmp_path):
+    """The browser tests skip (or, under NLTUTORIAL_REQUIRE_BUILD=1, fail) naming the variable."""
+    try:
+        bc.import_playwright()
+    except bc.ChromiumUnavailable as exc:
+        pytest.skip(str(exc))
+    bad = str(tmp_path / "no-such-chrome")
+    env = {k: v for k, v in os.environ.items() if k != "NLTUTORIAL_REQUIRE_BUILD"}
+    env["NLTUTORIAL_CHROMIUM"] = bad
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rsf", str(ROOT / "tests" / "test_browser.py"),
+           "-k", "test_good_site_passes_and_writes_screenshots"]
+    skipped = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert skipped.returncode == 0 and "1 skipped" in skipped.stdout, skipped.stdout + skipped.stderr
+    assert f"NLTUTORIAL_CHROMIUM={bad!r} does not exist" in skipped.stdout, skipped.stdout
+    failed = subprocess.run(cmd, cwd=ROOT, env={**env, "NLTUTORIAL_REQUIRE_BUILD": "1"},
+                            capture_output=True, text=True, timeout=300)
+    # pytest.fail in the fixture: the test errors at setup
+    assert failed.returncode == 1 and "1 error" in failed.stdout, failed.stdout + failed.stderr
+    assert f"NLTUTORIAL_CHROMIUM={bad!r} does not exist" in failed.stdout, failed.stdout
 
 
 def run_cli(*args):

@@ -2,8 +2,9 @@
 """Check the built HTML book in a real (headless) browser.
 
 Serves the built site on 127.0.0.1, opens every page in headless Chromium
-(through playwright's sync API, using Debian's ``/usr/bin/chromium``; no
-``playwright install`` needed) and collects problems:
+(through playwright's sync API, using Debian's ``/usr/bin/chromium``, or the browser that
+the environment variable ``NLTUTORIAL_CHROMIUM`` names; no ``playwright install`` needed)
+and collects problems:
 
 * console messages of type ``error`` and uncaught page errors;
 * local requests answered with HTTP status >= 400, or failing outright;
@@ -23,6 +24,8 @@ Usage::
 
     python tools/browser_check.py [--html _build/html] [--screenshots _build/screenshots]
                                   [--chromium /usr/bin/chromium] [--require]
+
+``--chromium`` defaults to ``$NLTUTORIAL_CHROMIUM`` when that is set, else ``/usr/bin/chromium``.
 
 Exit status: 0 when every page is clean (or when Chromium / playwright is
 missing and ``--require`` was not given), 1 when problems were found (or the
@@ -51,7 +54,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Set
 
+#: Debian's Chromium package, the browser used unless NLTUTORIAL_CHROMIUM names another.
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
+#: Environment variable with the path of another Chromium or Chrome executable (a non-Debian
+#: system, Ubuntu whose ``chromium`` is a snap, Google Chrome, playwright's own download).
+CHROMIUM_ENV = "NLTUTORIAL_CHROMIUM"
 
 # Without these, Chromium tries to reach Google hosts (component updates,
 # field trials, QUIC probes ...), which the closed network refuses.
@@ -342,21 +349,44 @@ def _is_network_console_noise(text: str) -> bool:
 # --------------------------------------------------------------------------- main check
 
 
-def require_chromium(chromium: str = DEFAULT_CHROMIUM) -> None:
-    """Raise :class:`ChromiumUnavailable` unless ``chromium`` is an executable file."""
-    if not (os.path.isfile(chromium) and os.access(chromium, os.X_OK)):
+def chromium_path() -> str:
+    """The browser to use by default: ``$NLTUTORIAL_CHROMIUM`` when set and non-empty, else Debian's."""
+    return os.environ.get(CHROMIUM_ENV) or DEFAULT_CHROMIUM
+
+
+def _from_env(chromium: str) -> bool:
+    return bool(os.environ.get(CHROMIUM_ENV)) and chromium == os.environ[CHROMIUM_ENV]
+
+
+def require_chromium(chromium: Optional[str] = None) -> None:
+    """Raise :class:`ChromiumUnavailable` unless ``chromium`` (default :func:`chromium_path`) is an executable file.
+
+    When the path came from ``NLTUTORIAL_CHROMIUM`` the message names the variable.
+    """
+    chromium = chromium or chromium_path()
+    if os.path.isfile(chromium) and os.access(chromium, os.X_OK):
+        return
+    if _from_env(chromium):
+        what = "is a folder" if os.path.isdir(chromium) else (
+            "is not executable" if os.path.isfile(chromium) else "does not exist")
         raise ChromiumUnavailable(
-            f"Chromium not found at {chromium}: install Debian's chromium package "
-            f"(apt-get install chromium) to run the browser check")
+            f"{CHROMIUM_ENV}={chromium!r} {what}: set {CHROMIUM_ENV} to the path of a Chromium or "
+            f"Chrome executable (e.g. /usr/bin/google-chrome), or unset it to use Debian's {DEFAULT_CHROMIUM}")
+    raise ChromiumUnavailable(
+        f"Chromium not found at {chromium}: install Debian's chromium package "
+        f"(apt-get install chromium), or set {CHROMIUM_ENV} to another Chromium or Chrome "
+        f"executable, to run the browser check")
 
 
-def launch_browser(playwright, chromium: str = DEFAULT_CHROMIUM):
-    """Launch headless Chromium from ``chromium`` with the offline-friendly args."""
+def launch_browser(playwright, chromium: Optional[str] = None):
+    """Launch headless Chromium from ``chromium`` (default :func:`chromium_path`) with the offline-friendly args."""
+    chromium = chromium or chromium_path()
     require_chromium(chromium)
     try:
         return playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
     except Exception as exc:  # playwright.Error and friends
-        raise ChromiumUnavailable(f"Chromium at {chromium} did not start: {exc}") from exc
+        source = f" ({CHROMIUM_ENV})" if _from_env(chromium) else ""
+        raise ChromiumUnavailable(f"Chromium at {chromium}{source} did not start: {exc}") from exc
 
 
 def import_playwright():
@@ -373,7 +403,7 @@ def import_playwright():
 def check_site(
     html_dir,
     screenshot_dir=None,
-    chromium: str = DEFAULT_CHROMIUM,
+    chromium: Optional[str] = None,
     *,
     pages: Optional[Iterable[str]] = None,
     browser=None,
@@ -385,7 +415,7 @@ def check_site(
     ``screenshot_dir``: where to write one full-page PNG per page (None: no screenshots).
     ``pages``: relative page paths to visit (default: all, see :func:`find_pages`).
     ``browser``: an already launched playwright Browser to reuse (else one is launched
-    from ``chromium`` and closed again).  ``log``: called with each page's summary line.
+    from ``chromium``, default :func:`chromium_path`, and closed again).  ``log``: called with each page's summary line.
 
     Raises :class:`ChromiumUnavailable` when playwright or Chromium is missing,
     FileNotFoundError when ``html_dir`` does not exist.
@@ -620,8 +650,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--screenshots", default="_build/screenshots",
                     help="folder for full-page PNG screenshots (default: _build/screenshots)")
     ap.add_argument("--no-screenshots", action="store_true", help="do not write screenshots")
-    ap.add_argument("--chromium", default=DEFAULT_CHROMIUM,
-                    help=f"Chromium executable (default: {DEFAULT_CHROMIUM})")
+    ap.add_argument("--chromium", default=None,
+                    help=f"Chromium executable (default: ${CHROMIUM_ENV} when set, else {DEFAULT_CHROMIUM})")
     ap.add_argument("--require", action="store_true",
                     help="fail (exit 1) instead of skipping when Chromium or playwright is missing")
     ap.add_argument("pages", nargs="*", help="only these pages (paths relative to --html)")
