@@ -37,3 +37,61 @@ def randomize_(module, seed=0):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g, dtype=torch.float64))
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g, dtype=torch.float64) + 0.5)
     return module
+
+
+class LocalServer:
+    """An HTTP server on 127.0.0.1 for the download tests (no network needed).
+
+    ``files[name]`` is served at ``url(name)``; ``trickle[name]`` is served one byte every half
+    second (a mirror that hangs); other names get 404. ``hits`` logs the requested paths;
+    ``stop()`` closes the port, so that later requests are refused as without network.
+    """
+
+    def __init__(self, files=None):
+        import http.server
+        import threading
+
+        self.files, self.trickle, self.hits = dict(files or {}), {}, []
+        self._stop, self._stopped = threading.Event(), False
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.hits.append(self.path)
+                name = self.path.lstrip("/")
+                payload = server.files.get(name, server.trickle.get(name))
+                if payload is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if name in server.files:
+                    self.wfile.write(payload)
+                    return
+                for i in range(len(payload)):  # a trickle file: one byte every half second
+                    if server._stop.wait(0.5):
+                        return
+                    try:
+                        self.wfile.write(payload[i : i + 1])
+                        self.wfile.flush()
+                    except OSError:  # the client gave up
+                        return
+
+            def log_message(self, *args):
+                pass
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/"
+
+    def url(self, name: str) -> str:
+        return self.base_url + name
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._stop.set()
+            self._httpd.shutdown()
+            self._httpd.server_close()

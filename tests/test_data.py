@@ -6,7 +6,6 @@ HTTP server on 127.0.0.1; nothing leaves the machine.
 
 import errno
 import hashlib
-import http.server
 import io
 import os
 import pickle
@@ -15,7 +14,6 @@ import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import LocalServer
 from nltutorial import data
 from nltutorial.data import (
     CIFAR10_CLASSES,
@@ -160,49 +159,9 @@ def _md5(payload):
 @pytest.fixture
 def server(tmp_path):
     """A local HTTP server: ``server.url(name)`` serves ``server.files[name]``; ``.hits`` logs paths."""
-    files, hits, trickle = {}, [], {}
-    stop = threading.Event()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            hits.append(self.path)
-            name = self.path.lstrip("/")
-            payload = files.get(name, trickle.get(name))
-            if payload is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if name in files:
-                self.wfile.write(payload)
-                return
-            for i in range(len(payload)):  # ``trickle`` files: one byte every half second
-                if stop.wait(0.5):
-                    return
-                try:
-                    self.wfile.write(payload[i : i + 1])
-                    self.wfile.flush()
-                except OSError:  # the client gave up
-                    return
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-
-    class Server:
-        pass
-
-    s = Server()
-    s.files, s.hits, s.trickle = files, hits, trickle
-    s.url = lambda name: f"http://127.0.0.1:{httpd.server_address[1]}/{name}"
+    s = LocalServer()
     yield s
-    stop.set()
-    httpd.shutdown()
-    httpd.server_close()
+    s.stop()
 
 
 def _closed_port_url():

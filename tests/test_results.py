@@ -2,18 +2,17 @@
 
 import errno
 import hashlib
-import http.server
 import io
 import json
 import re
 import statistics
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from conftest import LocalServer
 from nltutorial import results as R
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +31,11 @@ def test_repository_manifest_is_up_to_date():
 def test_every_recorded_run_names_its_command():
     for summary in (ROOT / "results").rglob("summary.json"):
         s = json.loads(summary.read_text())
-        assert "nltutorial.train" in s["command"] and s["finished"], summary
+        if "study.py" in s["command"]:  # a study script's run, e.g. results/danet_subset/study.py
+            script = s["command"].split()[1]
+            assert (ROOT / script).is_file() and s["epochs"] > 0, summary
+        else:
+            assert "nltutorial.train" in s["command"] and s["finished"], summary
         assert s["data"]["train_images"] > 0 and 0 <= s["test_accuracy"] <= 1
 
 
@@ -76,54 +79,9 @@ def served(tmp_path):
     folder.mkdir()
     _fake_results(folder, {"gc": [0.4, 0.5]})
     files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    hits, trickle = [], {}
-    stop = threading.Event()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            hits.append(self.path)
-            name = self.path.lstrip("/")
-            payload = files.get(name, trickle.get(name))
-            if payload is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if name in files:
-                self.wfile.write(payload)
-                return
-            for i in range(len(payload)):  # ``trickle`` files: one byte every half second
-                if stop.wait(0.5):
-                    return
-                try:
-                    self.wfile.write(payload[i : i + 1])
-                    self.wfile.flush()
-                except OSError:
-                    return
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    stopped = []
-
-    def stop_server():
-        """Stop serving: the port then refuses connections, as without network."""
-        if not stopped:
-            stopped.append(True)
-            stop.set()
-            httpd.shutdown()
-            httpd.server_close()
-
-    class Served:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/"
-
-    Served.files, Served.hits, Served.trickle, Served.stop = files, hits, trickle, staticmethod(stop_server)
-    yield Served
-    stop_server()
+    served = LocalServer(files)
+    yield served
+    served.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -134,17 +92,17 @@ def _fresh_process(monkeypatch):
 
 def test_fetch_verifies_and_writes_atomically(served, tmp_path):
     cache = tmp_path / "cache"
-    path = R.fetch_results_file("exp/gc/seed1/summary.json", served.url, cache)
+    path = R.fetch_results_file("exp/gc/seed1/summary.json", served.base_url, cache)
     assert json.loads(path.read_text())["test_accuracy"] == 0.5
     assert path == cache / "exp" / "gc" / "seed1" / "summary.json"
     # a tampered file is refused and nothing is left behind
     served.files["exp/gc/seed0/summary.json"] = b'{"test_accuracy": 0.99}'
     with pytest.raises(R.ResultsError, match="does not match the manifest"):
-        R.fetch_results_file("exp/gc/seed0/summary.json", served.url, cache)
+        R.fetch_results_file("exp/gc/seed0/summary.json", served.base_url, cache)
     assert not (cache / "exp" / "gc" / "seed0" / "summary.json").exists()
     assert not [p for p in cache.rglob("*") if p.name.endswith(".part")]
     with pytest.raises(R.ResultsError, match="not in the manifest"):
-        R.fetch_results_file("exp/gc/seed7/summary.json", served.url, cache)
+        R.fetch_results_file("exp/gc/seed7/summary.json", served.base_url, cache)
 
 
 def test_fetch_without_network_says_what_to_do(tmp_path):
@@ -156,7 +114,7 @@ def test_fetch_without_network_says_what_to_do(tmp_path):
 def test_load_runs_falls_back_to_download(served, tmp_path, monkeypatch):
     monkeypatch.delenv("NLTUTORIAL_RESULTS", raising=False)
     monkeypatch.setattr(R, "find_results_dir", lambda: None)
-    monkeypatch.setattr(R, "RESULTS_URL", served.url)
+    monkeypatch.setattr(R, "RESULTS_URL", served.base_url)
     monkeypatch.setenv("NLTUTORIAL_DATA", str(tmp_path / "data"))
     runs = R.load_runs("exp")
     assert [(r["variant"], r["seed"]) for r in runs] == [("gc", 0), ("gc", 1)]
@@ -217,16 +175,16 @@ def test_malformed_manifest_line_is_reported(tmp_path, monkeypatch, served, line
     # the same manifest served: refused, and not kept in the cache
     served.files[R.MANIFEST] = (tmp_path / R.MANIFEST).read_bytes()
     cache = tmp_path / "cache"
-    with pytest.raises(R.ResultsError, match=re.escape(served.url + R.MANIFEST) + r" line 2: expected"):
-        R.fetch_results_file("exp/gc/seed0/summary.json", served.url, cache)
+    with pytest.raises(R.ResultsError, match=re.escape(served.base_url + R.MANIFEST) + r" line 2: expected"):
+        R.fetch_results_file("exp/gc/seed0/summary.json", served.base_url, cache)
     assert not cache.exists() or not list(cache.rglob("*"))
 
 
 def test_base_url_must_end_with_a_slash(served, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"url must end with '/'.*results/"):
-        R.fetch_results_file("exp/gc/seed0/summary.json", served.url.rstrip("/"), tmp_path)
+        R.fetch_results_file("exp/gc/seed0/summary.json", served.base_url.rstrip("/"), tmp_path)
     monkeypatch.setattr(R, "find_results_dir", lambda: None)
-    monkeypatch.setattr(R, "RESULTS_URL", served.url + "results")
+    monkeypatch.setattr(R, "RESULTS_URL", served.base_url + "results")
     monkeypatch.setenv("NLTUTORIAL_DATA", str(tmp_path / "data"))
     with pytest.raises(ValueError, match="url must end with '/'"):
         R.load_runs("exp")
@@ -240,7 +198,7 @@ def test_base_url_must_end_with_a_slash(served, tmp_path, monkeypatch):
 
 def test_manifest_fetched_once_and_offline_from_the_cache(served, tmp_path, monkeypatch):
     monkeypatch.setattr(R, "find_results_dir", lambda: None)
-    monkeypatch.setattr(R, "RESULTS_URL", served.url)
+    monkeypatch.setattr(R, "RESULTS_URL", served.base_url)
     monkeypatch.setenv("NLTUTORIAL_DATA", str(tmp_path / "data"))
     runs = R.load_runs("exp")
     assert served.hits.count("/" + R.MANIFEST) == 1 and len(served.hits) == 1 + 2 * 2  # manifest + 2 files per run
@@ -270,11 +228,11 @@ def test_download_deadline(served, tmp_path):
     served.trickle["exp/slow.json"] = b"x" * 100  # one byte every 0.5 s: never a read timeout
     start = time.monotonic()
     with pytest.raises(R.ResultsError, match=r"deadline of 2 s"):
-        R.fetch_results_file("exp/slow.json", served.url, tmp_path, sha256="0" * 64, timeout=5, deadline=2)
+        R.fetch_results_file("exp/slow.json", served.base_url, tmp_path, sha256="0" * 64, timeout=5, deadline=2)
     assert time.monotonic() - start < 2 + 6
     assert not list(tmp_path.rglob("*.part")) and not (tmp_path / "exp" / "slow.json").exists()
     with pytest.raises(ValueError, match="deadline must be a positive number of seconds"):
-        R.fetch_results_file("exp/slow.json", served.url, tmp_path, sha256="0" * 64, deadline=0)
+        R.fetch_results_file("exp/slow.json", served.base_url, tmp_path, sha256="0" * 64, deadline=0)
 
 
 class _Interrupted:
@@ -296,7 +254,7 @@ def test_ctrl_c_and_a_full_disk_leave_nothing(served, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(urllib.request, "urlopen", lambda url, timeout: _Interrupted())
         with pytest.raises(KeyboardInterrupt):
-            R.fetch_results_file("exp/gc/seed0/summary.json", served.url, cache, sha256=digest)
+            R.fetch_results_file("exp/gc/seed0/summary.json", served.base_url, cache, sha256=digest)
     assert [p for p in cache.rglob("*") if p.is_file()] == []
     from nltutorial import _download
 
@@ -309,5 +267,5 @@ def test_ctrl_c_and_a_full_disk_leave_nothing(served, tmp_path, monkeypatch):
                         if "w" in mode else real_open(path, mode, *a, **k), raising=False)
     target = cache / "exp" / "gc" / "seed0" / "summary.json"
     with pytest.raises(R.ResultsError, match=re.escape(f"disk full while writing {target}")):
-        R.fetch_results_file("exp/gc/seed0/summary.json", served.url, cache, sha256=digest)
+        R.fetch_results_file("exp/gc/seed0/summary.json", served.base_url, cache, sha256=digest)
     assert [p for p in cache.rglob("*") if p.is_file()] == []
