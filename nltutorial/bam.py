@@ -62,9 +62,9 @@ class ChannelBranch(nn.Module):
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 16, rd_divisor: int = 1,
                  rd_channels: Optional[int] = None, bn_layout: str = "paper",
-                 act_layer: LayerSpec = nn.ReLU) -> None:
+                 act_layer: LayerSpec = nn.ReLU, rd_rounding: str = "nearest") -> None:
         super().__init__()
-        rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels)
+        rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels, rd_rounding)
         self.bn_layout = _check_choice("bn_layout", bn_layout, BN_LAYOUTS)
         self.channels, self.rd_channels = channels, rd
         self.fc1 = nn.Conv2d(channels, rd, kernel_size=1)                                # W_0, b_0
@@ -87,9 +87,9 @@ class SpatialBranch(nn.Module):
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 16, rd_divisor: int = 1,
                  rd_channels: Optional[int] = None, dilation: int = 4, bn_layout: str = "paper",
-                 act_layer: LayerSpec = nn.ReLU) -> None:
+                 act_layer: LayerSpec = nn.ReLU, rd_rounding: str = "nearest") -> None:
         super().__init__()
-        rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels)
+        rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels, rd_rounding)
         check_positive_int("dilation", dilation)
         self.bn_layout = _check_choice("bn_layout", bn_layout, BN_LAYOUTS)
         self.channels, self.rd_channels, self.dilation = channels, rd, dilation
@@ -121,24 +121,27 @@ class BAM(nn.Module):
         combine: "sum" (default, paper, σ(M_c + M_s)) or "product" (official, σ(M_c ⊗ M_s)).
         act_layer: δ of both branches (ReLU).
         gate_layer: σ (sigmoid).
+        rd_rounding: "nearest" (default) or "floor" (⌊C/r⌋, as the official code).
 
-    Shapes: (B, C, H, W) -> (B, C, H, W).
+    Shapes: (B, C, H, W) -> (B, C, H, W); x of the parameters' dtype (see ``_utils.check_dtype``).
     """
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 16, dilation: int = 4, rd_divisor: int = 1,
                  rd_channels: Optional[int] = None, bn_layout: str = "paper", combine: str = "sum",
-                 act_layer: LayerSpec = nn.ReLU, gate_layer: LayerSpec = nn.Sigmoid) -> None:
+                 act_layer: LayerSpec = nn.ReLU, gate_layer: LayerSpec = nn.Sigmoid,
+                 rd_rounding: str = "nearest") -> None:
         super().__init__()
         self.channels = channels
         self.combine = _check_choice("combine", combine, COMBINES)
-        self.channel = ChannelBranch(channels, rd_ratio, rd_divisor, rd_channels, bn_layout, act_layer)
+        self.channel = ChannelBranch(channels, rd_ratio, rd_divisor, rd_channels, bn_layout, act_layer,
+                                     rd_rounding)
         self.spatial = SpatialBranch(channels, rd_ratio, rd_divisor, rd_channels, dilation, bn_layout,
-                                     act_layer)
+                                     act_layer, rd_rounding)
         self.gate = create_layer("gate_layer", gate_layer)
 
     def attention(self, x: Tensor) -> Tensor:
         """M(F), shape (B, C, H, W)."""
-        check_image(x, self.channels)
+        check_image(x, self.channels, module=self)
         if self.training and x.shape[0] < 2:
             raise ValueError(f"x must have a batch of at least 2 in training mode (BatchNorm over the "
                              f"(B, C, 1, 1) channel descriptors), got shape {tuple(x.shape)}; use .eval() "

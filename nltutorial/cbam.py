@@ -37,7 +37,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ._utils import LayerSpec, check_image, check_odd, create_layer
+from ._utils import LayerSpec, check_batch_norm, check_image, check_odd, create_layer
 from .se import SqueezeExcite
 
 __all__ = ["CBAM", "ChannelGate", "SpatialGate"]
@@ -85,13 +85,15 @@ class SpatialGate(nn.Module):
 
     def attention(self, x: Tensor) -> Tensor:
         """M_s(x), shape (B, 1, H, W)."""
+        check_batch_norm(x, self.bn, x.shape[0] * x.shape[2] * x.shape[3],
+                         "the BatchNorm of the (B, 1, H, W) spatial map (spatial_bn=True)")
         avg = x.mean(dim=1, keepdim=True)           # (B, 1, H, W) F^s_avg
         mx = x.amax(dim=1, keepdim=True)            # (B, 1, H, W) F^s_max
         pooled = torch.cat([avg, mx] if self.spatial_order == "avg_max" else [mx, avg], dim=1)  # (B, 2, H, W)
         return self.gate(self.bn(self.conv(pooled)))
 
     def forward(self, x: Tensor) -> Tensor:
-        check_image(x, None)
+        check_image(x, None, module=self)
         return x * self.attention(x)
 
     def extra_repr(self) -> str:
@@ -110,20 +112,22 @@ class CBAM(nn.Module):
         spatial_order: "avg_max" (paper, default) or "max_avg" (official code).
         act_layer: hidden activation of the channel MLP (ReLU).
         gate_layer: σ of both gates (sigmoid).
+        rd_rounding: "nearest" (default) or "floor" (⌊C/r⌋, as the official code).
 
-    Shapes: (B, C, H, W) -> (B, C, H, W).
+    Shapes: (B, C, H, W) -> (B, C, H, W); x of the parameters' dtype (see ``_utils.check_dtype``).
     """
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 16, kernel_size: int = 7,
                  rd_divisor: int = 1, rd_channels: Optional[int] = None, spatial_bn: bool = False,
                  spatial_order: str = "avg_max", act_layer: LayerSpec = nn.ReLU,
-                 gate_layer: LayerSpec = nn.Sigmoid) -> None:
+                 gate_layer: LayerSpec = nn.Sigmoid, rd_rounding: str = "nearest") -> None:
         super().__init__()
         self.channels = channels
-        self.channel_gate = ChannelGate(channels, rd_ratio, rd_divisor, rd_channels, act_layer, gate_layer)
+        self.channel_gate = ChannelGate(channels, rd_ratio, rd_divisor, rd_channels, act_layer, gate_layer,
+                                        rd_rounding=rd_rounding)
         self.spatial_gate = SpatialGate(kernel_size, spatial_bn, spatial_order, gate_layer)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_image(x, self.channels)
+        check_image(x, self.channels, module=self)
         x = x * self.channel_gate.attention(x)         # F'  = M_c(F) ⊗ F
         return x * self.spatial_gate.attention(x)      # F'' = M_s(F') ⊗ F'

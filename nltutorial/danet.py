@@ -55,14 +55,16 @@ class PositionAttention(nn.Module):
         channels: C.
         rd_ratio: width of B and C' is C·rd_ratio (default 1/8, official code; paper: 1).
         rd_divisor, rd_channels: see :func:`nltutorial._utils.reduced_channels`.
+        rd_rounding: "nearest" (default) or "floor" (⌊C/8⌋, the official ``in_dim // 8``).
 
-    Shapes: (B, C, H, W) -> (B, C, H, W); the attention map is (B, N, N), N = H·W.
+    Shapes: (B, C, H, W) -> (B, C, H, W); the attention map is (B, N, N), N = H·W. x must
+    have the parameters' dtype (see ``_utils.check_dtype``), as for every DANet module.
     """
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 8, rd_divisor: int = 1,
-                 rd_channels: Optional[int] = None) -> None:
+                 rd_channels: Optional[int] = None, rd_rounding: str = "nearest") -> None:
         super().__init__()
-        rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels)
+        rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels, rd_rounding)
         self.channels, self.rd_channels = channels, rd
         self.query = nn.Conv2d(channels, rd, kernel_size=1)       # B
         self.key = nn.Conv2d(channels, rd, kernel_size=1)         # C'
@@ -76,7 +78,7 @@ class PositionAttention(nn.Module):
         return torch.softmax(b.transpose(1, 2) @ c, dim=-1)       # (B, N, N)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_image(x, self.channels)
+        check_image(x, self.channels, module=self)
         s = self.attention(x)                                     # (B, N, N)
         d = self.value(x).flatten(2)                              # (B, C, N)
         out = (d @ s.transpose(1, 2)).view_as(x)                  # (B, C, H, W): D Sᵀ
@@ -114,7 +116,7 @@ class ChannelAttention(nn.Module):
         return torch.softmax(energy, dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_image(x, self.channels)
+        check_image(x, self.channels, module=self)
         out = (self.attention(x) @ x.flatten(2)).view_as(x)       # (B, C, H, W): X A
         return self.gamma * out + x
 
@@ -130,10 +132,11 @@ class DualAttention(nn.Module):
     """
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 8, rd_divisor: int = 1,
-                 rd_channels: Optional[int] = None, cam_energy: str = "paper") -> None:
+                 rd_channels: Optional[int] = None, cam_energy: str = "paper",
+                 rd_rounding: str = "nearest") -> None:
         super().__init__()
         self.channels = channels
-        self.pam = PositionAttention(channels, rd_ratio, rd_divisor, rd_channels)
+        self.pam = PositionAttention(channels, rd_ratio, rd_divisor, rd_channels, rd_rounding)
         self.cam = ChannelAttention(channels, cam_energy)
 
     def forward(self, x: Tensor) -> Tensor:

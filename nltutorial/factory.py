@@ -7,8 +7,10 @@ Every block maps (B, C, H, W) to (B, C, H, W). The keyword arguments are the blo
 the timm-style ones are shared where they apply:
 
     rd_ratio, rd_divisor, rd_channels   width of the bottleneck / embedding, C·rd_ratio
-    act_layer                           hidden activation (se, cbam, bam, gc)
-    gate_layer                          the sigmoid gate (se, cbam, bam)
+    rd_rounding                         "nearest" (default) or "floor" (⌊C/r⌋, official codes)
+    act_layer                           hidden activation (se, cbam, bam, gc): a module
+                                        class such as nn.ReLU, not a function (torch.relu)
+    gate_layer                          the sigmoid gate (se, cbam, bam), e.g. nn.Sigmoid
 
 For "nl" (:class:`~nltutorial.nonlocal_block.NonLocalBlock`) the width arguments are
 translated to ``inter_channels`` (its default width is C/2, i.e. ``rd_ratio=1/2``).
@@ -40,7 +42,7 @@ _REGISTRY = {
 }
 ATTENTION_NAMES = tuple(_REGISTRY)
 
-_WIDTH_KWARGS = ("rd_ratio", "rd_divisor", "rd_channels")
+_WIDTH_KWARGS = ("rd_ratio", "rd_divisor", "rd_channels", "rd_rounding")
 
 
 def _block_class(name: str):
@@ -55,7 +57,8 @@ def _nonlocal_kwargs(channels: int, kwargs: dict) -> dict:
         if "inter_channels" in kwargs:
             raise ValueError(f"give either inter_channels or {', '.join(width)} for 'nl', not both")
         kwargs["inter_channels"] = reduced_channels(channels, width.get("rd_ratio", 0.5),
-                                                    width.get("rd_divisor", 1), width.get("rd_channels"))
+                                                    width.get("rd_divisor", 1), width.get("rd_channels"),
+                                                    width.get("rd_rounding", "nearest"))
     return kwargs
 
 

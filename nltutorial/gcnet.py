@@ -44,15 +44,16 @@ class ContextBlock(nn.Module):
             accepted for a single fusion).
         rd_divisor, rd_channels: see :func:`nltutorial._utils.reduced_channels`.
         act_layer: the δ of the transform (ReLU).
+        rd_rounding: "nearest" (default) or "floor" (⌊C·ratio⌋, the official ``int(C * ratio)``).
 
-    Shapes: (B, C, H, W) -> (B, C, H, W).
+    Shapes: (B, C, H, W) -> (B, C, H, W); x of the parameters' dtype (see ``_utils.check_dtype``).
     """
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 16, pooling: str = "attention",
                  fusion: Sequence[str] = ("add",), rd_divisor: int = 1, rd_channels: Optional[int] = None,
-                 act_layer: LayerSpec = nn.ReLU) -> None:
+                 act_layer: LayerSpec = nn.ReLU, rd_rounding: str = "nearest") -> None:
         super().__init__()
-        rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels)
+        rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels, rd_rounding)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if isinstance(fusion, str):
@@ -80,7 +81,7 @@ class ContextBlock(nn.Module):
 
     def attention(self, x: Tensor) -> Tensor:
         """α, shape (B, 1, H, W): softmax over positions of W_k x (uniform 1/N for "avg")."""
-        check_image(x, self.channels)
+        check_image(x, self.channels, module=self)
         if self.conv_mask is None:
             return torch.full_like(x[:, :1], 1.0 / (x.shape[2] * x.shape[3]))
         logits = self.conv_mask(x)                             # (B, 1, H, W)
@@ -88,7 +89,7 @@ class ContextBlock(nn.Module):
 
     def context(self, x: Tensor) -> Tensor:
         """Σ_j α_j x_j, shape (B, C, 1, 1)."""
-        check_image(x, self.channels)
+        check_image(x, self.channels, module=self)
         if self.conv_mask is None:
             return x.mean(dim=(2, 3), keepdim=True)
         alpha = torch.softmax(self.conv_mask(x).flatten(2), dim=-1)       # (B, 1, N)

@@ -41,20 +41,25 @@ Cache
 -----
 Decoded clips are saved with ``torch.save``, one file per clip, under ``cache_dir`` (default
 ``$NLTUTORIAL_DATA/kinetics-cache``, else ``~/.cache/nltutorial/kinetics-cache``;
-``cache_dir=False`` turns caching off). The key is the clip's path relative to ``root``, its
-size and modification time (of every frame image, for a frame folder), ``frames``,
-``frame_stride``, ``size`` and a format version; so an edited file is decoded again, and a
-second load decodes nothing (nor needs PyAV). Files are written atomically (temporary file,
-then ``os.replace``), so an interrupted run or two processes loading at once leave no
-half-written entry; an unreadable cache entry is decoded and written again. Entries are never
+``cache_dir=False`` turns caching off). The key is the clip's resolved absolute path (so two
+folders holding clips of the same names, sizes and times never share an entry), its size and
+modification time (of every frame image, for a frame folder), ``frames``, ``frame_stride``,
+``size`` and a format version; so an edited file is decoded again, and a second load decodes
+nothing (nor needs PyAV). A moved or copied data set is decoded again once. Files are written
+atomically (temporary file, then ``os.replace``), so an interrupted run or two processes
+loading at once leave no half-written entry; an unreadable cache entry is decoded and written
+again. If the disk fills up while an entry is written, a warning says "disk full while writing
+<entry>", the partial file is removed and loading goes on without the cache. Entries are never
 deleted: remove the folder to free the space.
 
 Bad files
 ---------
 A video that cannot be opened or decoded (zero bytes, not a video, a broken container), that
 decodes to fewer than 95 % of the frames its container declares (an interrupted download),
-or a frame folder that is empty or holds an unreadable image is skipped with a
-``VideoSkippedWarning`` naming the file; loading goes on. If nothing is readable,
+a frame folder that is empty, holds an unreadable image or whose sampled frames differ in size,
+and a symbolic link whose target is missing are skipped with a ``VideoSkippedWarning`` naming
+the file; loading goes on. File names need not be UTF-8 (a Linux name is any bytes): they are
+hashed and opened by their bytes. If nothing is readable,
 ``load_kinetics_folder`` raises ValueError naming ``root``. Everything is decoded up front,
 so nothing can fail in the middle of an epoch.
 
@@ -73,6 +78,7 @@ Example
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -102,7 +108,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 TRUNCATION_TOLERANCE = 0.05
 
 #: Part of every cache key: bump it when the decoded result of a clip changes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 class UnreadableVideoError(ValueError):
@@ -161,13 +167,23 @@ def _class_folders(folder: Path) -> list[Path]:
 
 
 def _clips_of(class_folder: Path) -> list[Path]:
-    """The clips of one class folder: video files and frame folders, sorted by name."""
-    return [p for p in _visible(class_folder)
-            if p.is_dir() or (p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)]
+    """The clips of one class folder: video files and frame folders, sorted by name.
+
+    A symbolic link whose target is missing is left out with a VideoSkippedWarning naming it.
+    """
+    clips = []
+    for p in _visible(class_folder):
+        if p.is_symlink() and not p.exists():
+            warnings.warn(f"skipping {p}: a dangling symlink (its target {os.readlink(p)} does not exist)",
+                          VideoSkippedWarning, stacklevel=4)
+        elif p.is_dir() or (p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS):
+            clips.append(p)
+    return clips
 
 
 def _hash_rank(seed: int, rel: str) -> str:
-    return hashlib.md5(f"{seed}/{rel}".encode(), usedforsecurity=False).hexdigest()
+    # os.fsencode: the name's own bytes, also for a non-UTF-8 name (surrogate escapes in str)
+    return hashlib.md5(os.fsencode(f"{seed}/{rel}"), usedforsecurity=False).hexdigest()
 
 
 def list_videos(
@@ -314,13 +330,18 @@ def _folder_frames(folder: Path, frames: int, frame_stride: int) -> list[np.ndar
     files = _frame_files(folder)
     if not files:
         raise UnreadableVideoError(f"{folder}: empty frame folder (no {'/'.join(IMAGE_EXTENSIONS)} images)")
+    indices = sample_indices(len(files), frames, frame_stride)
     out = []
-    for i in sample_indices(len(files), frames, frame_stride):
+    for i in indices:
         try:
             with Image.open(files[i]) as image:
-                out.append(np.array(image.convert("RGB")))  # a writable copy
+                out.append(np.array(image.convert("RGB")))  # (H, W, 3), a writable copy
         except Exception as err:
             raise UnreadableVideoError(f"{folder}: unreadable frame {files[i].name} ({err})") from err
+        if out[-1].shape != out[0].shape:  # one clip, one frame size
+            (h0, w0), (h, w) = out[0].shape[:2], out[-1].shape[:2]
+            raise UnreadableVideoError(f"{folder}: frames of different sizes, {files[indices[0]].name} is "
+                                       f"{w0}×{h0} but {files[i].name} is {w}×{h}")
     return out
 
 
@@ -377,13 +398,15 @@ def default_cache_dir() -> Path:
     return data_root() / "kinetics-cache"
 
 
-def _cache_key(path: Path, rel: str, frames: int, frame_stride: int, size: int) -> str:
+def _cache_key(path: Path, frames: int, frame_stride: int, size: int) -> str:
+    """sha256 of the clip's resolved path, its file stamps (size, mtime) and the parameters."""
     if path.is_dir():
         stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in _frame_files(path)]
     else:
         st = path.stat()
         stamp = [st.st_size, st.st_mtime_ns]
-    text = json.dumps([CACHE_VERSION, rel, stamp, frames, frame_stride, size])
+    source = str(path.resolve())                   # json escapes the surrogates of a non-UTF-8 name
+    text = json.dumps([CACHE_VERSION, source, stamp, frames, frame_stride, size])
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
@@ -412,6 +435,15 @@ def _cache_write(file: Path, clip: torch.Tensor) -> None:
         except OSError:
             pass
         raise
+
+
+def _warn_cache_write(file: Path, err: OSError) -> None:
+    """Warn that the entry ``file`` could not be written (the loader then stops caching)."""
+    if err.errno == errno.ENOSPC:
+        message = f"disk full while writing {file} ({err}); loading on without the clip cache"
+    else:
+        message = f"cannot write to the clip cache {file.parent} ({err}); decoding without a cache"
+    warnings.warn(message, stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------
@@ -482,8 +514,7 @@ def load_kinetics_folder(
     for path, label in items:
         clip = file = None
         if cache is not None:
-            rel = path.relative_to(root).as_posix()
-            file = cache / f"{_cache_key(path, rel, frames, frame_stride, size)}.pt"
+            file = cache / f"{_cache_key(path, frames, frame_stride, size)}.pt"
             clip = _cache_read(file, shape)
         if clip is None:
             try:
@@ -495,8 +526,7 @@ def load_kinetics_folder(
                 try:
                     _cache_write(file, clip)
                 except OSError as err:
-                    warnings.warn(f"cannot write to the clip cache {cache} ({err}); decoding without a cache",
-                                  stacklevel=2)
+                    _warn_cache_write(file, err)
                     cache = None
         clips[len(labels)] = clip
         labels.append(label)

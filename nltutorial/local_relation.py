@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import register_flop_formula
 
-from ._utils import check_image, check_odd, check_positive_int
+from ._utils import check_batch_norm, check_image, check_odd, check_positive_int
 
 __all__ = ["LRBottleneck", "LocalRelation2d", "lr_resnet_stage"]
 
@@ -279,7 +279,8 @@ class LocalRelation2d(nn.Module):
             the same function, see the module docstring. A plain attribute: it may be changed
             on a built layer and is not part of the state dict.
 
-    Shapes: (B, C_in, H, W) -> (B, C_out, ⌊(H−1)/s⌋+1, ⌊(W−1)/s⌋+1).
+    Shapes: (B, C_in, H, W) -> (B, C_out, ⌊(H−1)/s⌋+1, ⌊(W−1)/s⌋+1); x of the parameters'
+    dtype (see ``_utils.check_dtype``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 7, stride: int = 1,
@@ -328,7 +329,7 @@ class LocalRelation2d(nn.Module):
 
     def attention(self, x: Tensor) -> Tensor:
         """ω, shape (B, G, k·k, H_out·W_out); window index row-major (Δy, Δx), out-of-image entries 0."""
-        check_image(x, self.in_channels)
+        check_image(x, self.in_channels, module=self)
         B, _, H, W = x.shape
         k, r, s, G = self.kernel_size, self.kernel_size // 2, self.stride, self.groups
         q = self.query(x)[:, :, ::s, ::s].flatten(2)                            # (B, G, L)
@@ -349,7 +350,7 @@ class LocalRelation2d(nn.Module):
 
     def _forward_shift(self, x: Tensor) -> Tensor:
         """Loop over the k² offsets with shifted views; memory O(B·C·H·W) (module docstring)."""
-        check_image(x, self.in_channels)
+        check_image(x, self.in_channels, module=self)
         B, _, H, W = x.shape
         s, G = self.stride, self.groups
         q = self.query(x[:, :, ::s, ::s] if s > 1 else x)                      # (B, G, H', W'): 1×1 conv commutes with subsampling
@@ -427,7 +428,9 @@ class LRBottleneck(nn.Module):
             nn.init.zeros_(self.bn3.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_image(x, self.in_channels)
+        check_image(x, self.in_channels, module=self)
+        h_out, w_out = self.lr.output_size(*x.shape[2:])
+        check_batch_norm(x, self.bn2, x.shape[0] * h_out * w_out, "the BatchNorm after the LR layer")
         y = self.act(self.bn1(self.conv1(x)))          # (B, width, H, W)
         y = self.act(self.bn2(self.lr(y)))             # (B, width, H', W')
         y = self.bn3(self.conv3(y))                    # (B, C_out, H', W')

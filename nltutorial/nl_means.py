@@ -31,7 +31,10 @@ Conventions of this module
   w(i, i) = 1 in 6 of 9 image/noise cases (up to +0.1 dB on colour images).
 * Gaussian patch kernel: K(k) ∝ exp(−|k|² / (2a²)) with a = P / 3 (the patch
   spans ±1.5 a); a = P/3 was within 0.01 dB of the best a for P = 5 on camera.
-* Arithmetic is float32 (torch), on the device of the input tensor.
+* Arithmetic is float32 (torch), on the device of the input tensor.  So the image
+  must fit float32 (a float64 image beyond ±3.4e38 is refused as such), and h must not
+  be so small that every weight exp(−d²/h²) with j ≠ i underflows float32: then the
+  output would be the input, and ValueError says the smallest usable h instead.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ _BAND_PIXELS = 1 << 18
 
 # Smallest positive normal float32: floor of the centre weight (see module doc).
 _TINY = float(np.finfo(np.float32).tiny)
+# log of it: a log-weight below this underflows the float32 weights (≈ −87.3).
+_LOG_TINY = math.log(_TINY)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 # --------------------------------------------------------------------------- #
@@ -129,7 +135,8 @@ def _to_chw(image):
                 f"image must be a floating-point array with values in [0, 1], got dtype {dtype} "
                 "(convert it, e.g. with skimage.img_as_float)"
             )
-        t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        with np.errstate(over="ignore"):                    # a float32 overflow is reported below
+            t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     elif isinstance(image, torch.Tensor):
         is_numpy = False
         dtype = image.dtype
@@ -148,7 +155,7 @@ def _to_chw(image):
     if t.numel() == 0:
         raise ValueError(f"image must be non-empty, got shape {shape}")
     if not bool(torch.isfinite(t).all()):
-        raise ValueError("image contains NaN or Inf values")
+        _check_finite(image)
 
     x = t[None] if t.ndim == 2 else t.permute(2, 0, 1)  # (C, H, W), C ∈ {1, 3}
     x = x.contiguous()
@@ -160,6 +167,32 @@ def _to_chw(image):
         return y.to(dtype).contiguous()
 
     return x, back
+
+
+def _check_finite(image) -> None:
+    """Called when the float32 copy of ``image`` is not finite: say whether the input is."""
+    values = image.detach().cpu().double().numpy() if isinstance(image, torch.Tensor) else image
+    if not np.isfinite(values).all():
+        raise ValueError("image contains NaN or Inf values")
+    raise ValueError(f"image of dtype {image.dtype} has values up to {float(np.abs(values).max()):.3g}, "
+                     f"beyond float32's range ±{_FLOAT32_MAX:.3g}: nl_means computes in float32; "
+                     f"rescale the image (e.g. to [0, 1], with h and sigma in the same units)")
+
+
+def _check_underflow(best_log_weight: float, h: float) -> None:
+    """Raise ValueError naming h when every weight w(i, j), j ≠ i, of every pixel underflowed.
+
+    ``best_log_weight`` is the largest −max(d² − 2σ², 0)/h² over all pixels and j ≠ i.
+    """
+    if best_log_weight >= _LOG_TINY:
+        return
+    h_min = h * math.sqrt(best_log_weight / _LOG_TINY)       # the h at which it reaches float32's tiny
+    step = 10.0 ** (math.floor(math.log10(h_min)) - 2)      # rounded up to 3 significant digits
+    h_min = math.ceil(h_min / step) * step
+    raise ValueError(f"h={h:g} is too small for float32 on this image: every weight "
+                     f"exp(−max(d² − 2σ², 0)/h²) with j ≠ i underflows to 0 (the largest is "
+                     f"exp({best_log_weight:.4g})), so nothing would be averaged; use h >= {h_min:.3g} "
+                     f"(h ≈ σ is a good start)")
 
 
 def _reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
@@ -195,8 +228,10 @@ def _filter_1d(x: torch.Tensor, g: list[float], dim: int) -> torch.Tensor:
 
 
 def _nl_means_band(xp: torch.Tensor, H: int, W: int, pr: int, sr: int,
-                   g: list[float], h: float, sigma: float) -> torch.Tensor:
+                   g: list[float], h: float, sigma: float) -> tuple[torch.Tensor, float]:
     """NL-means of the central (H, W) pixels of a padded block xp: (C, H + 2R, W + 2R), R = pr + sr.
+
+    Returns (u, the largest log-weight −max(d² − 2σ², 0)/h² over the block's pixels and j ≠ i).
 
     Loops over the search offsets o = (dy, dx), each step vectorised over all pixels.
     Symmetry halves the work: d²(i, i + o) = d²(i + o, i), so the weight map of
@@ -209,7 +244,7 @@ def _nl_means_band(xp: torch.Tensor, H: int, W: int, pr: int, sr: int,
     x = xp[:, R:R + H, R:R + W]                              # (C, H, W) the pixels to denoise
     num = torch.zeros_like(x)                                 # (C, H, W) Σ_j w(i, j) x(j)
     den = torch.zeros((H, W), dtype=xp.dtype, device=xp.device)   # (H, W) Σ_{j≠i} w(i, j)
-    wmax = torch.full((H, W), _TINY, dtype=xp.dtype, device=xp.device)  # max_{j≠i} w(i, j)
+    lmax = torch.full((H, W), -math.inf, dtype=xp.dtype, device=xp.device)  # max_{j≠i} log w(i, j)
     # Fold 1/C (channel mean) and −1/h² into the two filter passes: they give −d²/h² directly.
     g_rows = [v * (-1.0 / (C * h * h)) for v in g]
     bias = 2.0 * sigma * sigma / (h * h)                      # 2σ²/h²
@@ -230,20 +265,23 @@ def _nl_means_band(xp: torch.Tensor, H: int, W: int, pr: int, sr: int,
             diff2 = diff2.sum(0) if C > 1 else diff2[0]        # (Hd + 2pr, Wd + 2pr)
             # Separable patch kernel K = g gᵀ  ->  s = −d²(i, i + o)/h²: (Hd, Wd)
             s = _filter_1d(_filter_1d(diff2, g_rows, 0), g, 1)
-            # w = exp(−max(d² − 2σ², 0)/h²) = exp(min(s + 2σ²/h², 0)), in place: (Hd, Wd)
-            w = s.add_(bias).clamp_max_(0.0).exp_()
+            # log w = −max(d² − 2σ², 0)/h² = min(s + 2σ²/h², 0), in place: (Hd, Wd)
+            w = s.add_(bias).clamp_max_(0.0)
             w_fwd = w[-y0:-y0 + H, -x0:-x0 + W]                 # w(i, i + o) for i in block
             w_bwd = w[-y0 - dy:-y0 - dy + H, -x0 - dx:-x0 - dx + W]  # w(j, j − o) = w_o(j − o)
+            torch.maximum(lmax, w_fwd, out=lmax)
+            torch.maximum(lmax, w_bwd, out=lmax)
+            w.exp_()                                           # the weights; w_fwd, w_bwd are views
             den.add_(w_fwd).add_(w_bwd)
             num.addcmul_(w_fwd, xp[:, R + dy:R + dy + H, R + dx:R + dx + W])  # x(i + o)
             num.addcmul_(w_bwd, xp[:, R - dy:R - dy + H, R - dx:R - dx + W])  # x(j − o)
-            torch.maximum(wmax, w_fwd, out=wmax)
-            torch.maximum(wmax, w_bwd, out=wmax)
 
-    # Centre weight w(i, i) = max_{j≠i} w(i, j)  (Buades et al.)
+    # Centre weight w(i, i) = max_{j≠i} w(i, j)  (Buades et al.), floored at float32's tiny
+    best = float(lmax.max())
+    wmax = lmax.exp_().clamp_min_(_TINY)
     den.add_(wmax)
     num.addcmul_(wmax, x)
-    return num.div_(den)
+    return num.div_(den), best
 
 
 def nl_means(image, *, patch_size: int = 7, search_size: int = 21, h: float,
@@ -274,6 +312,10 @@ def nl_means(image, *, patch_size: int = 7, search_size: int = 21, h: float,
     -------
     Same type, shape and float dtype as ``image`` (a tensor stays on its device).
     Computed in float32 with mirror padding; not differentiable.
+
+    Raises ValueError naming ``h`` when h is so small that every weight w(i, j), j ≠ i,
+    underflows float32 (the message gives the smallest usable h), and naming the image's
+    range when a float64 image does not fit float32.
     """
     h, sigma = _check_params(patch_size, search_size, h, sigma, patch_weighting)
     x, back = _to_chw(image)                                   # (C, H, W) float32
@@ -286,9 +328,13 @@ def nl_means(image, *, patch_size: int = 7, search_size: int = 21, h: float,
         xp = _reflect_pad(x, R)                                # (C, H + 2R, W + 2R)
         out = torch.empty_like(x)                              # (C, H, W)
         band = max(1, _BAND_PIXELS // W)                       # rows per band
+        best = -math.inf                                       # largest log-weight, j ≠ i
         for r0 in range(0, H, band):                           # bands are independent
             hb = min(band, H - r0)
-            out[:, r0:r0 + hb] = _nl_means_band(xp[:, r0:r0 + hb + 2 * R], hb, W, pr, sr, g, h, sigma)
+            out[:, r0:r0 + hb], b = _nl_means_band(xp[:, r0:r0 + hb + 2 * R], hb, W, pr, sr, g, h, sigma)
+            best = max(best, b)
+    if search_size > 1:                                        # S = 1: no j ≠ i, u = x by definition
+        _check_underflow(best, h)
     return back(out)
 
 

@@ -76,12 +76,15 @@ is reshaped on loading.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ._utils import check_batch_norm, check_dtype, check_positive_int
 
 __all__ = ["NonLocalBlock", "MODES", "IMPLEMENTATIONS", "CONCAT_ALGORITHMS", "wake"]
 
@@ -307,10 +310,12 @@ def concat_attention(q: Tensor, k: Tensor, v: Tensor, w_f: Tensor, chunk_size: O
 # --------------------------------------------------------------------------------------
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """The memory format of x: channels-last (2D, 3D) when x is stored so, else contiguous."""
+    for dim, fmt in ((4, torch.channels_last), (5, torch.channels_last_3d)):
+        if x.dim() == dim and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
+            return fmt
+    return torch.contiguous_format
 
 
 class NonLocalBlock(nn.Module):
@@ -338,6 +343,10 @@ class NonLocalBlock(nn.Module):
             when the map would have more than this many (B·N·N_s) elements; default 2**24
             (64 MiB in float32). An attribute: change it on the instance if needed.
 
+    The int arguments accept any integer type (numpy ints too). x must have the dtype of
+    the block's parameters (outside autocast, see ``_utils.check_dtype``); an empty batch
+    (B = 0) gives an empty z. z is stored in x's memory format (contiguous or channels-last).
+
     Example:
         >>> block = NonLocalBlock(64, dimension=2, mode="embedded").eval()
         >>> x = torch.randn(2, 64, 16, 16)
@@ -362,12 +371,13 @@ class NonLocalBlock(nn.Module):
         concat_algorithm: str = "sorted",
     ) -> None:
         super().__init__()
-        _positive_int("in_channels", in_channels)
+        in_channels = check_positive_int("in_channels", in_channels)
         if inter_channels is None:
             inter_channels = max(1, in_channels // 2)
-        _positive_int("inter_channels", inter_channels)
-        if isinstance(dimension, bool) or dimension not in (1, 2, 3):
+        inter_channels = check_positive_int("inter_channels", inter_channels)
+        if isinstance(dimension, bool) or not isinstance(dimension, numbers.Integral) or dimension not in (1, 2, 3):
             raise ValueError(f"dimension must be 1, 2 or 3, got {dimension!r}")
+        dimension = int(dimension)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if attention_scale is not None:
@@ -379,8 +389,8 @@ class NonLocalBlock(nn.Module):
             raise ValueError(f"attention_scale applies to the softmax modes only; mode={mode!r} "
                              f"needs attention_scale=1.0, got {attention_scale!r}")
         if chunk_size is not None:
-            _positive_int("chunk_size", chunk_size)
-        _positive_int("max_attention_elements", max_attention_elements)
+            chunk_size = check_positive_int("chunk_size", chunk_size)
+        max_attention_elements = check_positive_int("max_attention_elements", max_attention_elements)
         if concat_algorithm not in CONCAT_ALGORITHMS:
             raise ValueError(f"concat_algorithm must be one of {CONCAT_ALGORITHMS}, got {concat_algorithm!r}")
 
@@ -468,6 +478,15 @@ class NonLocalBlock(nn.Module):
         if self.sub_sample and any(s < k for s, k in zip(spatial, kernel)):
             raise ValueError(f"x of shape {tuple(x.shape)} is too small for sub_sample=True: the "
                              f"max-pooling kernel {kernel} needs ({_SPATIAL[self.dimension]}) >= {kernel}")
+        check_dtype(x, self)
+        if self.bn_layer and x.shape[0] > 0:
+            check_batch_norm(x, self.W[1], x.shape[0] * math.prod(spatial), "the BatchNorm of W_z")
+
+    def _key_positions(self, spatial) -> int:
+        """N_s: the positions j, after the max-pooling of sub_sample (floored)."""
+        if not self.sub_sample:
+            return math.prod(spatial)
+        return math.prod(s // k for s, k in zip(spatial, _POOL_KERNEL[self.dimension]))
 
     def _embed(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """q = θ(x) (B, N, dq), k = φ(x) (B, Ns, dq), v = g(x) (B, Ns, d): positions first."""
@@ -514,6 +533,9 @@ class NonLocalBlock(nn.Module):
         """
         self._check_input(x)
         B, spatial = x.shape[0], x.shape[2:]
+        if B == 0:                                              # empty batch: z = x, shape kept
+            attn = x.new_zeros(0, math.prod(spatial), self._key_positions(spatial))
+            return (x.clone(), attn) if return_attention else x.clone()
         q, k, v = self._embed(x)                                # (B, N, dq), (B, Ns, dq), (B, Ns, d)
         attn = None
         if return_attention:
@@ -530,7 +552,9 @@ class NonLocalBlock(nn.Module):
         else:
             y = self._fast(q, k, v)
         y = y.transpose(1, 2).reshape(B, self.inter_channels, *spatial)  # (B, d, *spatial)
-        z = self.W(y) + x                                       # (B, C, *spatial)
+        fmt = _memory_format(x)
+        y = y.contiguous(memory_format=fmt)                     # x's layout ...
+        z = self.W(y).contiguous(memory_format=fmt) + x         # ... so z = W_z y + x keeps it: (B, C, *spatial)
         return (z, attn) if return_attention else z
 
     # ---- checkpoints ----------------------------------------------------------------

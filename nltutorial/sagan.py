@@ -22,6 +22,10 @@ Options (defaults: the arXiv v1 form, h: C → C, no pooling)
 * ``spectral_norm`` (default False): the paper applies spectral normalisation to the
   layers of both networks; ``True`` wraps every convolution of this layer with
   ``torch.nn.utils.parametrizations.spectral_norm``.
+* ``bias`` (default True): the 1×1 convolutions f, g, h (and v) have biases. The official
+  code's ``sn_conv1x1`` has none: its form is
+  ``SelfAttention2d(C, value_rd_ratio=1/2, pool=True, spectral_norm=True, bias=False,
+  rd_rounding="floor")``.
 """
 
 from __future__ import annotations
@@ -47,24 +51,30 @@ class SelfAttention2d(nn.Module):
         value_rd_ratio: None (default): h: C → C, no v. A ratio ρ: h: C → ρC, v: ρC → C.
         pool: 2×2 max-pool the keys and values (official code; default False).
         spectral_norm: spectral normalisation on every convolution (default False).
+        bias: biases on the 1×1 convolutions (default True; the official code has none).
+        rd_rounding: "nearest" (default) or "floor" (⌊C/8⌋, the official ``C // 8``), for the
+            widths of f, g and h.
 
     Shapes: (B, C, H, W) -> (B, C, H, W); attention map (B, N, N_k), N_k = N or ⌊H/2⌋⌊W/2⌋.
+    x of the parameters' dtype (see ``_utils.check_dtype``).
     """
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 8, rd_divisor: int = 1,
                  rd_channels: Optional[int] = None, value_rd_ratio: Optional[float] = None,
-                 pool: bool = False, spectral_norm: bool = False) -> None:
+                 pool: bool = False, spectral_norm: bool = False, bias: bool = True,
+                 rd_rounding: str = "nearest") -> None:
         super().__init__()
-        rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels)
-        self.channels, self.rd_channels, self.pool = channels, rd, bool(pool)
+        rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels, rd_rounding)
+        self.channels, self.rd_channels, self.pool, self.bias = channels, rd, bool(pool), bool(bias)
         if value_rd_ratio is None:
             self.value_channels = channels
         else:
-            self.value_channels = reduced_channels(channels, value_rd_ratio, rd_divisor)
-        self.f = nn.Conv2d(channels, rd, kernel_size=1)                     # keys
-        self.g = nn.Conv2d(channels, rd, kernel_size=1)                     # queries
-        self.h = nn.Conv2d(channels, self.value_channels, kernel_size=1)    # values
-        self.v = None if value_rd_ratio is None else nn.Conv2d(self.value_channels, channels, kernel_size=1)
+            self.value_channels = reduced_channels(channels, value_rd_ratio, rd_divisor, rounding=rd_rounding)
+        self.f = nn.Conv2d(channels, rd, kernel_size=1, bias=self.bias)                     # keys
+        self.g = nn.Conv2d(channels, rd, kernel_size=1, bias=self.bias)                     # queries
+        self.h = nn.Conv2d(channels, self.value_channels, kernel_size=1, bias=self.bias)    # values
+        self.v = (None if value_rd_ratio is None
+                  else nn.Conv2d(self.value_channels, channels, kernel_size=1, bias=self.bias))
         self.gamma = nn.Parameter(torch.zeros(1))
         self.spectral_norm = bool(spectral_norm)
         if spectral_norm:
@@ -80,7 +90,7 @@ class SelfAttention2d(nn.Module):
         return k.flatten(2), v.flatten(2)                                   # (B, C̄, N_k), (B, C_v, N_k)
 
     def _check(self, x: Tensor) -> None:
-        check_image(x, self.channels)
+        check_image(x, self.channels, module=self)
         if self.pool and min(x.shape[2:]) < 2:
             raise ValueError(f"x must have H, W >= 2 with pool=True (2×2 max-pooling of keys and values), "
                              f"got shape {tuple(x.shape)}")
@@ -104,4 +114,5 @@ class SelfAttention2d(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, rd_channels={self.rd_channels}, "
-                f"value_channels={self.value_channels}, pool={self.pool}")
+                f"value_channels={self.value_channels}, pool={self.pool}"
+                + ("" if self.bias else ", bias=False"))

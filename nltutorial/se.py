@@ -33,15 +33,16 @@ class SqueezeExcite(nn.Module):
         rd_channels: explicit hidden width, overrides ``rd_ratio``.
         act_layer: δ, default ``nn.ReLU`` (paper).
         gate_layer: σ, default ``nn.Sigmoid`` (paper).
+        rd_rounding: "nearest" (default) or "floor" (⌊C/r⌋, the official code's ``C // r``).
 
-    Shapes: (B, C, H, W) -> (B, C, H, W).
+    Shapes: (B, C, H, W) -> (B, C, H, W); x of the parameters' dtype (see ``_utils.check_dtype``).
     """
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 16, rd_divisor: int = 1,
                  rd_channels: Optional[int] = None, act_layer: LayerSpec = nn.ReLU,
-                 gate_layer: LayerSpec = nn.Sigmoid) -> None:
+                 gate_layer: LayerSpec = nn.Sigmoid, rd_rounding: str = "nearest") -> None:
         super().__init__()
-        rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels)
+        rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels, rd_rounding)
         self.channels, self.rd_channels = channels, rd
         self.fc1 = nn.Conv2d(channels, rd, kernel_size=1, bias=True)   # W_1
         self.act = create_layer("act_layer", act_layer)                  # δ
@@ -58,7 +59,7 @@ class SqueezeExcite(nn.Module):
         return self.gate(self.mlp(z))                         # (B, C, 1, 1) excitation
 
     def forward(self, x: Tensor) -> Tensor:
-        check_image(x, self.channels)
+        check_image(x, self.channels, module=self)
         return x * self.attention(x)                          # (B, C, H, W) scale
 
     def extra_repr(self) -> str:

@@ -112,3 +112,15 @@ def test_bad_input():
         SpatialGate()(torch.randn(3, 4))
     with pytest.raises(ValueError, match="x must"):
         ChannelGate(32)(torch.randn(1, 31, 2, 2))
+
+
+def test_spatial_bn_batch_of_one_pixel_is_named_in_training():
+    # spatial_bn=True: BatchNorm2d(1) over the (B, 1, H, W) map needs B·H·W >= 2 in training
+    for block in (CBAM(32, spatial_bn=True), SpatialGate(spatial_bn=True)):
+        block.train()
+        with pytest.raises(ValueError, match=r"x must give at least 2 values per channel to the BatchNorm "
+                                             r"of the \(B, 1, H, W\) spatial map .*training mode.*\.eval\(\)"):
+            block(torch.randn(1, 32, 1, 1))
+        assert block(torch.randn(1, 32, 2, 1)).shape == (1, 32, 2, 1)       # two values: fine
+        assert block.eval()(torch.randn(1, 32, 1, 1)).shape == (1, 32, 1, 1)
+    assert CBAM(32).train()(torch.randn(1, 32, 1, 1)).shape == (1, 32, 1, 1)  # no BN, no limit

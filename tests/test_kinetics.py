@@ -364,3 +364,96 @@ def test_pyav_is_imported_lazily():
     names = {a.name.split(".")[0] for n in top for a in n.names} | {
         (n.module or "").split(".")[0] for n in top if isinstance(n, ast.ImportFrom)}
     assert "av" not in names and "PIL" not in names
+
+
+# --------------------------------------------------------------------------------------
+# Cache keys, odd file names, links, mixed frame sizes, a full disk (issue 15, item 4)
+# --------------------------------------------------------------------------------------
+
+
+def _write_bmp_frames(folder, levels):
+    """Uncompressed BMP frames: the file size depends only on the frame size, not the pixels."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, level in enumerate(levels):
+        Image.fromarray(np.full((H, W, 3), level, np.uint8)).save(folder / f"{i}.bmp")
+    return folder
+
+
+def test_cache_never_serves_another_folders_clip(tmp_path):
+    cache = tmp_path / "cache"
+    roots = []
+    for level in (40, 200):  # same class, clip and frame names, sizes and mtimes; other pixels
+        root = tmp_path / f"set{level}" / "kinetics"
+        clip = _write_bmp_frames(root / "walk" / "clip", [level, level])
+        for frame in clip.iterdir():
+            os.utime(frame, ns=(10**18, 10**18))
+        roots.append(root)
+    stat = [sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in (r / "walk" / "clip").iterdir())
+            for r in roots]
+    assert stat[0] == stat[1]
+    x40, _, _ = load_kinetics_folder(roots[0], val_fraction=0, frames=2, frame_stride=1, size=16, cache_dir=cache)
+    x200, _, _ = load_kinetics_folder(roots[1], val_fraction=0, frames=2, frame_stride=1, size=16, cache_dir=cache)
+    assert torch.all(x40 == 40) and torch.all(x200 == 200)
+    assert len(list(cache.glob("*.pt"))) == 2
+
+
+def test_non_utf8_file_name_loads(tmp_path):
+    if sys.platform != "linux":
+        pytest.skip("bytes file names are a Linux feature")
+    root = tmp_path / "kinetics"
+    _write_mp4(root / "walk" / "ok.mp4")
+    data = _write_mp4(tmp_path / "tmp.mp4").read_bytes()
+    odd = os.path.join(os.fsencode(root / "walk"), b"clip\xff.mp4")
+    with open(odd, "wb") as f:
+        f.write(data)
+    items, _ = list_videos(root, "train", val_fraction=0.5)  # hashing the name for the split
+    val, _ = list_videos(root, "val", val_fraction=0.5)
+    assert len(items) == len(val) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x, y, _ = load_kinetics_folder(root, val_fraction=0, frames=2, frame_stride=1, size=16,
+                                       cache_dir=tmp_path / "cache")
+    assert x.shape == (2, 3, 2, 16, 16) and y.tolist() == [0, 0]
+
+
+def test_dangling_symlink_is_named_in_a_warning(flat):
+    ghost = flat / "walk" / "ghost.mp4"
+    ghost.symlink_to(flat / "nowhere.mp4")
+    with pytest.warns(VideoSkippedWarning) as record:
+        x, _, _ = load_kinetics_folder(flat, val_fraction=0, frames=2, frame_stride=1, size=16, cache_dir=False)
+    messages = _messages(record)
+    assert len(messages) == 1 and str(ghost) in messages[0] and "symlink" in messages[0]
+    assert x.shape[0] == 9
+
+
+def test_frame_folder_with_mixed_frame_sizes_is_named_in_a_warning(flat):
+    mixed = _write_frames(flat / "jump" / "mixed", n=3)
+    _write_frames(flat / "jump" / "small", n=3, h=24, w=32)
+    (flat / "jump" / "small" / "frame_0002.jpg").replace(mixed / "frame_0002.jpg")
+    with pytest.warns(VideoSkippedWarning) as record:
+        x, _, _ = load_kinetics_folder(flat, val_fraction=0, frames=3, frame_stride=1, size=16, cache_dir=False)
+    messages = [m for m in _messages(record) if str(mixed) in m]
+    assert len(messages) == 1 and "frame_0002.jpg" in messages[0] and "32×24" in messages[0]
+    assert x.shape[0] == 10  # the 9 clips and "small"; "mixed" is skipped
+
+
+def test_disk_full_while_caching_warns_and_goes_on(flat, monkeypatch):
+    import errno
+
+    cache = flat.parent / "cache"
+    calls = []
+
+    def full_disk(obj, f, *args, **kwargs):
+        calls.append(1)
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(kinetics.torch, "save", full_disk)
+    with pytest.warns(UserWarning, match="disk full while writing") as record:
+        x, y, _ = load_kinetics_folder(flat, val_fraction=0, frames=2, frame_stride=1, size=16, cache_dir=cache)
+    full = [str(w.message) for w in record if "disk full" in str(w.message)]
+    assert len(full) == 1 and str(cache) in full[0] and ".pt" in full[0]
+    assert x.shape[0] == 9 and len(calls) == 1  # every clip loaded; no more writes tried
+    assert list(cache.iterdir()) == []  # nothing half-written left behind

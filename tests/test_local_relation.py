@@ -290,3 +290,22 @@ def test_shift_flops_count_the_aggregation_like_unfold():
         Ho, Wo = layer.output_size(H, W)
         assert flops["shift"] > 2 * B * C * 25 * Ho * Wo                        # the aggregation is counted
         assert flops["unfold"] - flops["shift"] == 2 * B * C * G * (H * W - Ho * Wo)
+
+
+def test_dtype_mismatch_and_batch_of_one_pixel_are_named():
+    lr = LocalRelation2d(16, 16, kernel_size=3)
+    for implementation in ("shift", "unfold"):
+        lr.implementation = implementation
+        with pytest.raises(TypeError, match=r"x has dtype torch.float64 but the parameters of "
+                                            r"LocalRelation2d have dtype torch.float32"):
+            lr(torch.randn(1, 16, 4, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="floating-point"):
+        lr(torch.ones(1, 16, 4, 4, dtype=torch.int32))
+    block = LRBottleneck(32, 32, kernel_size=3, stride=2).train()
+    with pytest.raises(TypeError, match="torch.float16.*torch.float32"):
+        block(torch.randn(2, 32, 4, 4, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"x must give at least 2 values per channel to the BatchNorm after "
+                                         r"the LR layer in training mode, got shape \(1, 32, 1, 1\)"):
+        block(torch.randn(1, 32, 1, 1))
+    assert block(torch.randn(1, 32, 3, 1)).shape == (1, 32, 2, 1)                # 2 values: fine
+    assert block.eval()(torch.randn(1, 32, 1, 1)).shape == (1, 32, 1, 1)

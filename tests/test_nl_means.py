@@ -184,10 +184,35 @@ def test_large_sigma_gives_window_mean():
     np.testing.assert_allclose(got, window_mean(COLOUR, 3, 5), atol=1e-5)
 
 
-def test_tiny_h_keeps_the_image():
-    # All other weights underflow: the centre-weight floor makes u(i) = x(i), not NaN.
-    got = nl_means(GRAY, patch_size=3, search_size=5, h=1e-6)
-    np.testing.assert_allclose(got, GRAY, atol=1e-6)
+def test_tiny_h_keeps_the_pixels_whose_weights_underflow():
+    # Left half constant (weights 1), right half random: there every other weight underflows
+    # float32 and the centre-weight floor makes u(i) = x(i), not NaN.
+    x = GRAY.copy()
+    x[:, : x.shape[1] // 2] = 0.5
+    got = nl_means(x, patch_size=3, search_size=5, h=1e-6)
+    np.testing.assert_allclose(got, x, atol=1e-6)
+
+
+def test_h_too_small_for_float32_is_named():
+    # Every weight w(i, j), j ≠ i, of every pixel underflows: the output would be the input.
+    with pytest.raises(ValueError, match=r"h=1e-06 is too small for float32.*use h >= ") as info:
+        nl_means(GRAY, patch_size=3, search_size=5, h=1e-6)
+    h_min = float(str(info.value).split("use h >= ")[1].split()[0])
+    out = nl_means(GRAY, patch_size=3, search_size=5, h=h_min)   # the h it suggests works
+    assert np.isfinite(out).all() and not np.array_equal(out, GRAY)
+    with pytest.raises(ValueError, match="too small"):
+        nl_means(GRAY, patch_size=3, search_size=5, h=h_min * 0.9)
+    np.testing.assert_allclose(nl_means(GRAY, patch_size=3, search_size=1, h=1e-6), GRAY, atol=1e-6)  # no j ≠ i
+
+
+@pytest.mark.parametrize("to", [np.asarray, torch.from_numpy])
+def test_finite_float64_beyond_float32_is_not_called_nan(to):
+    image = to(np.full((6, 5), 1e300))
+    with pytest.raises(ValueError, match=r"float64 has values up to 1e\+300, beyond float32") as info:
+        nl_means(image, patch_size=3, search_size=3, h=1.0)
+    assert "NaN" not in str(info.value)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        nl_means(to(np.array([[1.0, np.inf]])), patch_size=3, search_size=3, h=1.0)
 
 
 def test_numpy_types():

@@ -481,3 +481,76 @@ def test_wake_reaches_every_block_of_a_model_and_names_bad_input():
     assert not torch.equal(blocks[0].W[1].weight[:4], blocks[1].W[1].weight[:4])  # one stream, not reseeded
     with pytest.raises(ValueError, match="module must be or contain a NonLocalBlock"):
         wake(torch.nn.Conv2d(3, 3, 1))
+
+
+# --------------------------------------------------------------------------------------
+# Inputs: dtype, empty batch, numpy ints, batch of one pixel, memory format (issue 15)
+# --------------------------------------------------------------------------------------
+
+
+def test_dtype_is_checked_and_named():
+    block = NonLocalBlock(8, dimension=2, sub_sample=False)
+    with pytest.raises(TypeError, match=r"x has dtype torch.float64 but the parameters of NonLocalBlock have "
+                                        r"dtype torch.float32"):
+        block(torch.randn(2, 8, 3, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="x must be a floating-point tensor, got dtype torch.int64"):
+        block(torch.ones(2, 8, 3, 3, dtype=torch.long))
+    assert block.double()(torch.randn(2, 8, 3, 3, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("dimension, spatial", [(1, (6,)), (2, (4, 5)), (3, (2, 4, 4))])
+@pytest.mark.parametrize("sub_sample", [False, True])
+def test_empty_batch_gives_an_empty_result(dimension, spatial, sub_sample):
+    block = wake(NonLocalBlock(8, dimension=dimension, sub_sample=sub_sample)).train()
+    x = torch.randn(0, 8, *spatial, requires_grad=True)
+    z, attn = block(x, return_attention=True)
+    n = math.prod(spatial)
+    kernel = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}[dimension]                    # the max-pooling of sub_sample
+    ns = math.prod(s // k for s, k in zip(spatial, kernel)) if sub_sample else n
+    assert z.shape == x.shape and attn.shape == (0, n, ns) and z.dtype == x.dtype
+    assert block(x).shape == x.shape
+    z.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_numpy_ints_are_accepted():
+    np = pytest.importorskip("numpy")
+    block = NonLocalBlock(np.int64(8), np.int32(4), dimension=np.int64(2), chunk_size=np.int64(16),
+                          max_attention_elements=np.int64(4096))
+    assert type(block.in_channels) is int and type(block.dimension) is int and block.inter_channels == 4
+    assert block.chunk_size == 16 and type(block.max_attention_elements) is int
+    assert block(torch.randn(1, 8, 4, 4)).shape == (1, 8, 4, 4)
+    with pytest.raises(ValueError, match="in_channels must be a positive int"):
+        NonLocalBlock(np.float64(8))
+
+
+def test_batch_of_one_pixel_in_training_is_named():
+    block = NonLocalBlock(8, dimension=2, sub_sample=False).train()
+    with pytest.raises(ValueError, match=r"x must give at least 2 values per channel to the BatchNorm of W_z "
+                                         r"in training mode, got shape \(1, 8, 1, 1\).*\.eval\(\)"):
+        block(torch.randn(1, 8, 1, 1))
+    assert block(torch.randn(2, 8, 1, 1)).shape == (2, 8, 1, 1)
+    assert block.eval()(torch.randn(1, 8, 1, 1)).shape == (1, 8, 1, 1)
+    assert NonLocalBlock(8, sub_sample=False, bn_layer=False).train()(torch.randn(1, 8, 1, 1)).shape == (1, 8, 1, 1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dimension, shape, fmt", [(2, (2, 16, 6, 5), torch.channels_last),
+                                                   (3, (2, 16, 2, 4, 4), torch.channels_last_3d)])
+def test_fresh_block_returns_x_in_its_memory_format(mode, dimension, shape, fmt):
+    block = NonLocalBlock(16, dimension=dimension, mode=mode).eval()
+    x = torch.randn(shape)
+    for inp, layout in ((x, torch.contiguous_format), (x.contiguous(memory_format=fmt), fmt)):
+        z = block(inp)
+        assert torch.equal(z, inp) and z.is_contiguous(memory_format=layout), (layout, z.stride())
+    woke = wake(NonLocalBlock(16, dimension=dimension, mode=mode)).eval()     # a trained-like block too
+    assert woke(x).is_contiguous() and woke(x.contiguous(memory_format=fmt)).is_contiguous(memory_format=fmt)
+
+
+def test_resnet_with_fresh_blocks_equals_the_plain_one_exactly():
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(16, 10, 3, padding=1)).eval()
+    with_nl = nn.Sequential(*plain[:2], NonLocalBlock(16), *plain[2:4], NonLocalBlock(16), plain[4]).eval()
+    x = torch.randn(2, 3, 12, 12)
+    assert torch.equal(with_nl(x), plain(x))

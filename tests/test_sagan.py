@@ -110,3 +110,30 @@ def test_bad_input():
             SelfAttention2d(16)(bad)
     with pytest.raises(ValueError, match="pool=True"):
         SelfAttention2d(16, pool=True)(torch.randn(1, 16, 1, 5))
+
+
+def plain_official_sagan(x, wf, wg, wh, wv, gamma):
+    """The official TensorFlow attention written out: bias-free 1×1 convolutions (matrices on the
+    channels), keys and values max-pooled 2×2, softmax over the pooled key positions."""
+    B, C, H, W = x.shape
+    conv = lambda w, t: torch.einsum("oc,bchw->bohw", w, t)            # noqa: E731, 1×1, no bias
+    pool = lambda t: t.unfold(2, 2, 2).unfold(3, 2, 2).amax(dim=(-2, -1))  # noqa: E731, 2×2 / 2
+    f, g, h = pool(conv(wf, x)), conv(wg, x), pool(conv(wh, x))
+    s = torch.einsum("bcn,bcm->bnm", g.flatten(2), f.flatten(2))        # (B, N, N/4) = g fᵀ
+    beta = torch.softmax(s, dim=-1)
+    o = torch.einsum("bnm,bcm->bcn", beta, h.flatten(2)).reshape(B, -1, H, W)
+    return gamma * conv(wv, o) + x
+
+
+def test_official_form_is_bias_free_and_matches_a_plain_implementation():
+    C = 20
+    sa = randomize_(SelfAttention2d(C, value_rd_ratio=1 / 2, pool=True, bias=False, rd_rounding="floor"))
+    assert all(m.bias is None for m in (sa.f, sa.g, sa.h, sa.v))
+    assert (sa.rd_channels, sa.value_channels) == (2, 10) and "bias=False" in repr(sa)
+    x = torch.randn(2, C, 6, 4, dtype=torch.float64)
+    w = [m.weight[:, :, 0, 0] for m in (sa.f, sa.g, sa.h, sa.v)]
+    torch.testing.assert_close(sa(x), plain_official_sagan(x, *w, sa.gamma))
+    biased = randomize_(SelfAttention2d(C, value_rd_ratio=1 / 2, pool=True, rd_rounding="floor"))
+    assert (biased(x) - plain_official_sagan(x, *[m.weight[:, :, 0, 0] for m in (biased.f, biased.g, biased.h,
+                                                                                    biased.v)],
+                                              biased.gamma)).abs().max() > 1e-3   # with biases it differs
