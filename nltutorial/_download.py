@@ -1,4 +1,6 @@
-"""One careful HTTP download, shared by ``data`` (CIFAR-10) and ``results`` (recorded runs).
+"""One careful HTTP download, shared by ``data`` (CIFAR-10), ``kinetics`` (Kinetics-400-tiny)
+and ``results`` (recorded runs), and the two file helpers they share (a file's SHA-256 and the
+writing of checked archive members).
 
 ``download(url, destination, ...)`` streams ``url`` into a hidden ``.part`` file beside
 ``destination``, feeds every chunk to a hash, lets the caller check the digest, and only then
@@ -14,18 +16,47 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import math
 import numbers
 import os
+import shutil
 import signal
 import tempfile
 import threading
 import time
 import urllib.request
-from pathlib import Path
-from typing import Callable, Optional
+from pathlib import Path, PurePosixPath
+from typing import IO, Callable, Iterable, Optional, Tuple
 
 CHUNK = 1 << 20  # bytes asked for per read (1 MiB)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_members(members: Iterable[Tuple[bool, PurePosixPath, Callable[[], IO[bytes]]]],
+                  into: Path) -> None:
+    """Write already-checked archive members under ``into``.
+
+    Each member is ``(is_dir, relative path, open)``: a folder is created, a file is copied
+    from ``open()`` (a binary stream, closed afterwards). The caller checks every path
+    (relative, no ``..``, no links) before calling this.
+    """
+    for is_dir, rel, open_member in members:
+        out = into.joinpath(*rel.parts)
+        if is_dir:
+            out.mkdir(parents=True, exist_ok=True)
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open_member() as src, open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
 
 
 class DownloadDeadlineError(TimeoutError):

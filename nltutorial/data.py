@@ -60,7 +60,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ._download import DiskFullError, check_seconds, download
+from ._download import DiskFullError, check_seconds, download, write_members
 
 #: The ten classes, in label order (label k is ``CIFAR10_CLASSES[k]``).
 CIFAR10_CLASSES = (
@@ -475,14 +475,8 @@ def extract_archive(archive: str | os.PathLike, root: str | os.PathLike, *, repl
             with tarfile.open(archive, "r:*") as tar:
                 members = tar.getmembers()
                 paths = [_check_member(m) for m in members]  # all checked before any write
-                for member, rel in zip(members, paths):
-                    out = tmp_dir.joinpath(*rel.parts)
-                    if member.isdir():
-                        out.mkdir(parents=True, exist_ok=True)
-                        continue
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    with tar.extractfile(member) as src, open(out, "wb") as dst:
-                        shutil.copyfileobj(src, dst, _CHUNK)
+                write_members(((m.isdir(), rel, lambda m=m: tar.extractfile(m))
+                               for m, rel in zip(members, paths)), tmp_dir)
         except (tarfile.TarError, EOFError) as err:
             raise DatasetDownloadError(f"{archive} is not a readable tar archive: {err}") from err
         if not (tmp_dir / CIFAR10_FOLDER).is_dir():

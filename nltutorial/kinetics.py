@@ -28,6 +28,40 @@ Class names are sorted and label ``k`` is ``classes[k]``. ``classes=`` imposes a
 train list for val, say); a class folder that is not in it is an error. Hidden entries
 (``.name``) and files with other extensions are ignored.
 
+Annotation lists
+----------------
+Instead of class folders, ``annotations=LIST`` names the clips and their labels, one
+``<clip> <label>`` per line (the mmaction2 video lists), e.g. ``D32_1gwq35E.mp4 0``: the clip
+path relative to ``root/<split>`` when ``root`` has split folders, else to ``root``, and a
+non-negative integer label. Blank lines are skipped. A malformed line (a missing or extra
+field, a label that is not an integer, a name that is absolute, holds ``..`` or is listed twice)
+is a ValueError naming the list and the line number; a missing list or a listed clip that does
+not exist is a FileNotFoundError naming them. The list *is* the split (``val_fraction`` and
+``seed`` do not apply). ``classes`` defaults to ``["0", "1", …, str(max label)]``; with
+``classes=`` a label must be below ``len(classes)``.
+
+Kinetics-400-tiny
+-----------------
+``kinetics400_tiny()`` downloads, checks and reads the 40-clip, 2-class subset of Kinetics-400
+used by the mmaction2 tutorials (``KINETICS400_TINY_URL``), unpacked into
+``root/kinetics400_tiny`` (``root`` as in :func:`nltutorial.data.data_root`)::
+
+    kinetics400_tiny/
+        kinetics_tiny_train_video.txt   "<clip>.mp4 <label>" per line, labels 0 and 1
+        kinetics_tiny_val_video.txt
+        train/*.mp4                     30 clips
+        val/*.mp4                       10 clips
+
+No checksum is published, so the archive is checked by its size (``KINETICS400_TINY_SIZE``
+bytes), its layout (both lists, every listed clip) and, if you pin one, its sha256: after a
+first download, ``sha256sum root/kinetics400_tiny.zip`` (the archive is kept) and pass
+``sha256=`` from then on. Every zip member is checked before anything is written: an absolute
+path, a ``..``, a symbolic link or a special file is an UnsafeArchiveError naming the member;
+members outside ``kinetics400_tiny/`` (``__MACOSX/``, say) are not extracted. The download
+streams into a ``.part`` file (removed on any failure, Ctrl-C and SIGTERM included) and the
+archive is unpacked into a temporary folder beside the target, renamed into place once complete
+(``os.replace``): a failure leaves ``root`` as it was.
+
 Frames, resizing
 ----------------
 Clips are sampled by frame index (not by time): T = ``frames`` frames, ``frame_stride`` apart,
@@ -74,6 +108,9 @@ Example
 >>> x.shape, x.dtype, y.dtype                                                                             # doctest: +SKIP
 (torch.Size([N, 3, 8, 112, 112]), torch.uint8, torch.int64)
 >>> xv, yv, _ = load_kinetics_folder("mini-kinetics", "val", classes=classes)                             # doctest: +SKIP
+>>> x, y, classes = kinetics400_tiny(split="train", frames=8, frame_stride=2, size=112)                 # doctest: +SKIP
+>>> x.shape, classes                                                                                     # doctest: +SKIP
+(torch.Size([30, 3, 8, 112, 112]), ['0', '1'])
 """
 
 from __future__ import annotations
@@ -85,17 +122,21 @@ import math
 import numbers
 import os
 import re
+import shutil
+import stat
 import tempfile
 import warnings
-from pathlib import Path
+import zipfile
+from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._download import DiskFullError, check_seconds, download, file_sha256, write_members
 from ._utils import check_positive_int
-from .data import data_root
+from .data import DatasetDownloadError, UnsafeArchiveError, data_root
 
 #: The values of ``split``. ``"test"`` exists only in the split-folder layout.
 SPLITS = ("train", "val", "test")
@@ -186,6 +227,72 @@ def _hash_rank(seed: int, rel: str) -> str:
     return hashlib.md5(os.fsencode(f"{seed}/{rel}"), usedforsecurity=False).hexdigest()
 
 
+_LABEL = re.compile(r"[0-9]+")
+
+
+def _annotation_line(path: Path, number: int, line: str) -> tuple[str, int]:
+    """``(name, label)`` of line ``number`` of the list ``path``; ValueError naming both if malformed."""
+    fields = line.split()
+    where = f"{path}, line {number}"
+    if len(fields) != 2 or not _LABEL.fullmatch(fields[1]):
+        raise ValueError(f"{where}: expected '<clip> <label>' (a clip name and a non-negative integer), "
+                         f"got {line.strip()!r}")
+    name = fields[0].replace("\\", "/")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in PurePosixPath(name).parts:
+        raise ValueError(f"{where}: the clip name {fields[0]!r} must be a path relative to the clip folder, "
+                         f"without '..'")
+    return name, int(fields[1])
+
+
+def read_annotation_list(
+    path: str | os.PathLike,
+    clip_folder: str | os.PathLike,
+    num_classes: int | None = None,
+) -> list[tuple[Path, int]]:
+    """The clips an annotation list names: ``[(clip_folder / name, label), ...]`` in list order.
+
+    Each non-blank line of ``path`` is ``<name> <label>``, white-space separated: a clip (video
+    file or frame folder) relative to ``clip_folder`` and an integer label in
+    [0, ``num_classes``) (any non-negative integer when ``num_classes`` is None). Raises
+    FileNotFoundError for a missing list or a listed clip that does not exist, ValueError
+    naming the list and the line for a malformed line or a clip listed twice.
+    """
+    path, clip_folder = Path(path), Path(clip_folder)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation list not found: {path} (expected lines '<clip> <label>')")
+    # surrogateescape: a name that is not UTF-8 maps back to its own bytes (os.fsencode)
+    text = path.read_text(encoding="utf-8-sig", errors="surrogateescape")
+    items, first_line = [], {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, label = _annotation_line(path, number, line)
+        if num_classes is not None and label >= num_classes:
+            raise ValueError(f"{path}, line {number}: label {label} is not below the {num_classes} classes")
+        if name in first_line:
+            raise ValueError(f"{path}, line {number}: {name!r} is listed again (first on line {first_line[name]})")
+        first_line[name] = number
+        clip = clip_folder / name
+        if not (clip.is_file() or clip.is_dir()):
+            raise FileNotFoundError(f"{path}, line {number}: the listed clip {clip} does not exist")
+        items.append((clip, label))
+    return items
+
+
+def _listed_videos(root: Path, split: str, annotations, classes) -> tuple[list[tuple[Path, int]], list[str]]:
+    """``list_videos`` for an annotation list: names relative to ``root/<split>`` or ``root``."""
+    split_folders = [root / s for s in SPLITS if (root / s).is_dir()]
+    folder = root / split if split_folders else root
+    if not folder.is_dir():
+        present = ", ".join(p.name for p in split_folders)
+        raise FileNotFoundError(f"split {split!r} not found: {folder} does not exist ({root} has {present})")
+    items = read_annotation_list(annotations, folder, None if classes is None else len(classes))
+    if classes is None:
+        classes = [str(k) for k in range(1 + max((label for _, label in items), default=-1))]
+    items.sort(key=lambda item: (item[1], os.fsencode(item[0])))  # by label, then name
+    return items, list(classes)
+
+
 def list_videos(
     root: str | os.PathLike,
     split: str = "train",
@@ -193,11 +300,13 @@ def list_videos(
     val_fraction: float = 0.2,
     classes: Sequence[str] | None = None,
     seed: int = 0,
+    annotations: str | os.PathLike | None = None,
 ) -> tuple[list[tuple[Path, int]], list[str]]:
     """The clips of one split, without reading them: ``([(path, label), ...], classes)``.
 
     ``path`` is a video file or a frame folder; the list is sorted by label, then name.
-    See the module docstring for the two layouts and the flat-layout split.
+    See the module docstring for the two layouts, the flat-layout split and the annotation
+    lists (``annotations=``, which replace the class folders).
     """
     split = _check_split(split)
     val_fraction = _check_val_fraction(val_fraction)
@@ -205,6 +314,8 @@ def list_videos(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"video folder not found: {root}")
+    if annotations is not None:
+        return _listed_videos(root, split, annotations, classes)
 
     split_folders = [root / s for s in SPLITS if (root / s).is_dir()]
     if split_folders:  # root/<split>/<class>/<clip>
@@ -462,12 +573,15 @@ def load_kinetics_folder(
     cache_dir: str | os.PathLike | None | bool = None,
     classes: Sequence[str] | None = None,
     seed: int = 0,
+    annotations: str | os.PathLike | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Every readable clip of one split of a Kinetics-style folder, as tensors.
 
     Parameters
     ----------
-    root : the data set folder, ``root/<class>/<clip>`` or ``root/<split>/<class>/<clip>``.
+    root : the data set folder, ``root/<class>/<clip>`` or ``root/<split>/<class>/<clip>``
+        (with ``annotations``: the folder the list's names are relative to, or its parent
+        holding split folders).
     split : ``"train"``, ``"val"`` or (split folders only) ``"test"``.
     frames, frame_stride : T frames, this many frames apart, centred in the clip.
     size : frames are resized (shorter side) and centre-cropped to ``size``×``size``.
@@ -476,6 +590,8 @@ def load_kinetics_folder(
     classes : the class list to label with (e.g. the train list, for val); default: the
         sorted class folders.
     seed : the seed of the flat-layout split.
+    annotations : an annotation list (``<clip> <label>`` per line) naming the clips of this
+        split, instead of class folders; see the module docstring.
 
     Returns
     -------
@@ -494,7 +610,8 @@ def load_kinetics_folder(
         raise ValueError(f"cache_dir must be a folder, None (the default folder) or False (no cache), "
                          f"got {cache_dir!r}")
     root = Path(root)
-    items, classes = list_videos(root, split, val_fraction=val_fraction, classes=classes, seed=seed)
+    items, classes = list_videos(root, split, val_fraction=val_fraction, classes=classes, seed=seed,
+                                 annotations=annotations)
     if not items:
         raise ValueError(f"no clips in split {split!r} of {root}")
 
@@ -539,17 +656,268 @@ def load_kinetics_folder(
     return clips, torch.tensor(labels, dtype=torch.int64), classes
 
 
+
+# --------------------------------------------------------------------------------------
+# Kinetics-400-tiny: download, check, unpack
+# --------------------------------------------------------------------------------------
+
+#: The mmaction2 tutorials' subset of Kinetics-400: 30 train and 10 val clips of 2 classes.
+KINETICS400_TINY_URL = "https://download.openmmlab.com/mmaction/kinetics400_tiny.zip"
+#: Its size in bytes (no checksum is published; pin your own with ``sha256=``).
+KINETICS400_TINY_SIZE = 18_308_682
+KINETICS400_TINY_ARCHIVE = "kinetics400_tiny.zip"
+KINETICS400_TINY_FOLDER = "kinetics400_tiny"
+#: The annotation list of each split, inside the folder; the clips are in ``<folder>/<split>/``.
+KINETICS400_TINY_LISTS = {"train": "kinetics_tiny_train_video.txt", "val": "kinetics_tiny_val_video.txt"}
+#: Default overall deadline of the download, in seconds (each read also has its ``timeout``).
+KINETICS400_TINY_DEADLINE = 10 * 60.0
+#: An archive declaring more unpacked bytes than this is refused (a zip bomb).
+MAX_UNPACKED_BYTES = 1 << 30
+
+
+def _check_sha256(sha256) -> str | None:
+    if sha256 is None:
+        return None
+    if not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha256)):
+        raise ValueError(f"sha256 must be None or 64 hexadecimal digits, got {sha256!r}")
+    return sha256.lower()
+
+
+def _tiny_instructions(root: Path) -> str:
+    train_list = root / KINETICS400_TINY_FOLDER / KINETICS400_TINY_LISTS["train"]
+    return (f"download {KINETICS400_TINY_URL} ({KINETICS400_TINY_SIZE:,} bytes) and either place it at "
+            f"{root / KINETICS400_TINY_ARCHIVE} (it is then checked and unpacked by download=True without "
+            f"the network) or unzip it in {root} so that {train_list} exists; or set NLTUTORIAL_DATA (or "
+            f"pass root=) to a folder that already holds {KINETICS400_TINY_FOLDER}/.")
+
+
+def check_kinetics400_tiny(folder: str | os.PathLike) -> dict[str, list[tuple[Path, int]]]:
+    """Check the layout of a ``kinetics400_tiny`` folder: both lists parse, every listed clip exists.
+
+    Returns ``{split: [(clip path, label), ...]}`` (:func:`read_annotation_list`). Raises
+    FileNotFoundError (a missing list, folder or clip) or ValueError (a malformed or empty
+    list), naming the file and, for a list, the line.
+    """
+    folder, listed = Path(folder), {}
+    for split, name in KINETICS400_TINY_LISTS.items():
+        if not (folder / split).is_dir():
+            raise FileNotFoundError(f"clip folder not found: {folder / split}")
+        listed[split] = read_annotation_list(folder / name, folder / split)
+        if not listed[split]:
+            raise ValueError(f"{folder / name} lists no clip")
+    return listed
+
+
+def _zip_member(info: zipfile.ZipInfo) -> PurePosixPath | None:
+    """The member's path if it lies in ``kinetics400_tiny/``, None if elsewhere; refuses unsafe ones."""
+    name = info.filename.replace("\\", "/")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeArchiveError(f"archive member {info.filename!r} has an absolute path")
+    if ".." in PurePosixPath(name).parts:
+        raise UnsafeArchiveError(f"archive member {info.filename!r} points outside the archive ('..')")
+    mode = info.external_attr >> 16  # the Unix mode, when the archive was made on Unix
+    if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise UnsafeArchiveError(f"archive member {info.filename!r} is a symbolic link or a special file")
+    if info.flag_bits & 0x1:
+        raise DatasetDownloadError(f"archive member {info.filename!r} is encrypted")
+    parts = [part for part in PurePosixPath(name).parts if part != "."]
+    if not parts or parts[0] != KINETICS400_TINY_FOLDER:
+        return None
+    return PurePosixPath(*parts)
+
+
+def _unzip_checked(archive: Path, into: Path) -> None:
+    """Write the ``kinetics400_tiny/`` members of ``archive`` under ``into``, all checked first."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = [(info, _zip_member(info)) for info in zf.infolist()]   # every member checked first
+            members = [(info, rel) for info, rel in members if rel is not None]
+            unpacked = sum(info.file_size for info, _ in members)
+            if unpacked > MAX_UNPACKED_BYTES:
+                raise DatasetDownloadError(f"{archive} would unpack to {unpacked:,} bytes, more than the "
+                                           f"{MAX_UNPACKED_BYTES:,} allowed")
+            write_members(((info.is_dir(), rel, lambda info=info: zf.open(info))
+                           for info, rel in members), into)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as err:
+        raise DatasetDownloadError(f"{archive} is not a readable zip archive: {err}") from err
+
+
+def extract_kinetics400_tiny(archive: str | os.PathLike, root: str | os.PathLike) -> Path:
+    """Unpack the archive safely into ``root`` and return ``root/kinetics400_tiny``.
+
+    The members are written into a temporary folder inside ``root``, whose layout is checked
+    (:func:`check_kinetics400_tiny`) before it is renamed into place with ``os.replace``; on
+    any failure the temporary folder is removed and ``root`` is left as it was. An existing
+    ``kinetics400_tiny`` folder is kept.
+    """
+    archive, root = Path(archive), Path(root)
+    target = root / KINETICS400_TINY_FOLDER
+    tmp_dir = Path(tempfile.mkdtemp(dir=root, prefix=".kinetics400_tiny-extract."))
+    try:
+        _unzip_checked(archive, tmp_dir)
+        try:
+            check_kinetics400_tiny(tmp_dir / KINETICS400_TINY_FOLDER)
+        except (FileNotFoundError, ValueError) as err:
+            inner = str(err).replace(str(tmp_dir / KINETICS400_TINY_FOLDER), KINETICS400_TINY_FOLDER)
+            raise DatasetDownloadError(f"{archive} is not Kinetics-400-tiny: {inner}") from None
+        try:
+            os.replace(tmp_dir / KINETICS400_TINY_FOLDER, target)
+        except OSError:
+            if not target.is_dir():  # another process unpacked it meanwhile: keep that one
+                raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return target
+
+
+def _check_tiny_file(path: Path, size: int, digest: str, expected_size: int, sha256: str | None,
+                     source: str) -> None:
+    """DatasetDownloadError unless the archive has ``expected_size`` bytes and (if pinned) ``sha256``."""
+    if size != expected_size:
+        raise DatasetDownloadError(f"{path} ({source}) has {size:,} bytes, expected {expected_size:,}: it "
+                                   f"is incomplete or not the Kinetics-400-tiny archive")
+    if sha256 is not None and digest != sha256:
+        raise DatasetDownloadError(f"{path} ({source}): sha256 mismatch, expected {sha256} (the pinned "
+                                   f"sha256=), got {digest}")
+
+
+def download_kinetics400_tiny(
+    root: str | os.PathLike | None = None,
+    *,
+    url: str | None = None,
+    sha256: str | None = None,
+    expected_size: int | None = None,
+    timeout: float = 30.0,
+    deadline: float = KINETICS400_TINY_DEADLINE,
+) -> Path:
+    """Make sure ``root/kinetics400_tiny`` exists, downloading and unpacking it if needed.
+
+    ``url`` defaults to ``KINETICS400_TINY_URL`` and ``expected_size`` to
+    ``KINETICS400_TINY_SIZE`` (both read when called). An archive already at
+    ``root/kinetics400_tiny.zip`` (placed by hand, or kept from a download) is checked and
+    unpacked without the network; otherwise it is streamed in (``timeout`` seconds per read,
+    ``deadline`` for the whole download), its size and (when given) ``sha256`` checked before
+    it is kept. Returns the folder (an existing one as it is). Raises DatasetDownloadError
+    naming the file and saying how to get the data by hand; ``root`` is then left as it was.
+    """
+    sha256 = _check_sha256(sha256)
+    url = KINETICS400_TINY_URL if url is None else url
+    expected_size = check_positive_int("expected_size", KINETICS400_TINY_SIZE if expected_size is None
+                                       else expected_size)
+    check_seconds("timeout", timeout)
+    check_seconds("deadline", deadline)
+    root = data_root(root)
+    target, archive = root / KINETICS400_TINY_FOLDER, root / KINETICS400_TINY_ARCHIVE
+    if target.is_dir():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    if archive.is_file():  # placed by hand or kept: check it, never delete it
+        _check_tiny_file(archive, archive.stat().st_size, file_sha256(archive), expected_size, sha256,
+                         "found in root")
+        return extract_kinetics400_tiny(archive, root)
+
+    def check(part: Path, digest: str) -> None:
+        _check_tiny_file(archive, part.stat().st_size, digest, expected_size, sha256, f"from {url}")
+
+    try:
+        download(url, archive, hashlib.sha256(), timeout=timeout, deadline=deadline, check=check)
+    except DiskFullError as err:
+        raise DatasetDownloadError(f"{err.strerror}: the archive needs about 18 MB and its folder as much "
+                                   f"again; free some space or pass another root=. Nothing was left in "
+                                   f"{root}.") from err
+    except DatasetDownloadError as err:
+        raise DatasetDownloadError(f"{err} Nothing was kept. Or get the data by hand: "
+                                   + _tiny_instructions(root)) from None
+    except Exception as err:  # URLError/OSError, ValueError (bad URL), HTTPException, deadline
+        raise DatasetDownloadError(f"Could not download Kinetics-400-tiny from {url} into {root}: "
+                                   f"{err or type(err).__name__}. Check the network, or get the data by "
+                                   f"hand: " + _tiny_instructions(root)) from err
+    try:
+        return extract_kinetics400_tiny(archive, root)
+    except BaseException:
+        archive.unlink(missing_ok=True)  # downloaded by this call: leave root as it was
+        raise
+
+
+def kinetics400_tiny(
+    root: str | os.PathLike | None = None,
+    split: str = "train",
+    download: bool = True,
+    *,
+    sha256: str | None = None,
+    frames: int = 8,
+    frame_stride: int = 2,
+    size: int = 112,
+    cache_dir: str | os.PathLike | None | bool = None,
+    url: str | None = None,
+    expected_size: int | None = None,
+    timeout: float = 30.0,
+    deadline: float = KINETICS400_TINY_DEADLINE,
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """One split of Kinetics-400-tiny, as :func:`load_kinetics_folder` returns it.
+
+    Parameters
+    ----------
+    root : the folder holding ``kinetics400_tiny/`` (default ``$NLTUTORIAL_DATA`` or
+        ``~/.cache/nltutorial``).
+    split : ``"train"`` (30 clips) or ``"val"`` (10 clips).
+    download : fetch and unpack the archive when the folder is missing
+        (:func:`download_kinetics400_tiny`); with False a missing folder is a FileNotFoundError
+        saying how to get it.
+    sha256 : the archive's sha256, pinned after a first download; checked whenever the archive
+        is downloaded or unpacked.
+    frames, frame_stride, size, cache_dir : as in :func:`load_kinetics_folder`.
+    url, expected_size, timeout, deadline : as in :func:`download_kinetics400_tiny`.
+
+    Returns
+    -------
+    clips : uint8 (N, 3, T, size, size), RGB, sorted by label then clip name.
+    labels : int64 (N,), the lists' labels.
+    classes : ``["0", "1"]`` (the lists' labels as names, the same for both splits).
+    """
+    if split not in KINETICS400_TINY_LISTS:
+        raise ValueError(f"split must be one of {tuple(KINETICS400_TINY_LISTS)}, got {split!r}")
+    base = data_root(root)
+    folder = base / KINETICS400_TINY_FOLDER
+    if download:
+        folder = download_kinetics400_tiny(base, url=url, sha256=sha256, expected_size=expected_size,
+                                           timeout=timeout, deadline=deadline)
+    elif not folder.is_dir():
+        hint = (f" ({base} itself looks like the kinetics400_tiny folder: pass its parent as root)"
+                if (base / KINETICS400_TINY_LISTS["train"]).is_file() else "")
+        raise FileNotFoundError(f"Kinetics-400-tiny not found: {folder}{hint}. Call with download=True, or "
+                                + _tiny_instructions(base))
+    try:
+        listed = check_kinetics400_tiny(folder)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"{err}; {folder} is incomplete: remove it and call kinetics400_tiny() again to "
+                        f"download it afresh") from None
+    top = max(label for items in listed.values() for _, label in items)
+    classes = [str(k) for k in range(top + 1)]  # from both lists: the same for both splits
+    return load_kinetics_folder(folder, split, frames, frame_stride, size, cache_dir=cache_dir,
+                                classes=classes, annotations=folder / KINETICS400_TINY_LISTS[split])
+
 __all__ = [
     "CACHE_VERSION",
     "IMAGE_EXTENSIONS",
+    "KINETICS400_TINY_DEADLINE",
+    "KINETICS400_TINY_LISTS",
+    "KINETICS400_TINY_SIZE",
+    "KINETICS400_TINY_URL",
+    "MAX_UNPACKED_BYTES",
     "SPLITS",
     "TRUNCATION_TOLERANCE",
     "UnreadableVideoError",
     "VIDEO_EXTENSIONS",
     "VideoSkippedWarning",
+    "check_kinetics400_tiny",
     "default_cache_dir",
+    "download_kinetics400_tiny",
+    "extract_kinetics400_tiny",
+    "kinetics400_tiny",
     "list_videos",
     "load_kinetics_folder",
+    "read_annotation_list",
     "read_clip",
     "sample_indices",
 ]

@@ -24,6 +24,12 @@ The video data sets train ``--model c2d|i3d`` (default c2d) with ``--attention n
                             and val splits, ``--frames`` (8) frames ``--frame-stride`` (2) apart,
                             resized and cropped to ``--size`` (112). ``--train-subset N`` keeps N
                             clips evenly spaced over the (class-sorted) list.
+``--data kinetics400-tiny`` the 2-class Kinetics-400 subset of the mmaction2 tutorials (30 train,
+                            10 val clips) read by :func:`nltutorial.kinetics.kinetics400_tiny`:
+                            ``--data-dir DIR`` holds ``kinetics400_tiny/`` (default
+                            ``$NLTUTORIAL_DATA`` or ``~/.cache/nltutorial``, which downloads the
+                            18 MB archive as needed; into a ``--data-dir`` pass ``--download``).
+                            Frames, stride, size and subsets as for kinetics-folder.
 
 For example, the video chapter's runs (one to two minutes each on a CPU for C2D)::
 
@@ -116,11 +122,14 @@ MODELS = CIFAR_MODELS + VIDEO_MODELS
 CIFAR_ATTENTIONS = ("none", "se", "cbam", "bam", "gc", "nl", "danet")
 VIDEO_ATTENTIONS = ("none", "nl3d")
 ATTENTIONS = CIFAR_ATTENTIONS + ("nl3d",)
-VIDEO_DATA = ("moving-shapes", "kinetics-folder")
+VIDEO_DATA = ("moving-shapes", "kinetics-folder", "kinetics400-tiny")
 DATASETS = ("cifar10",) + VIDEO_DATA
+#: The data sets that ``--download`` fetches.
+DOWNLOADABLE = ("cifar10", "kinetics400-tiny")
 #: Defaults of the video options, per data set (None: the option does not apply).
 VIDEO_DEFAULTS = {"moving-shapes": {"frames": 8, "frame_stride": None, "size": 32},
                   "kinetics-folder": {"frames": 8, "frame_stride": 2, "size": 112}}
+VIDEO_DEFAULTS["kinetics400-tiny"] = dict(VIDEO_DEFAULTS["kinetics-folder"])
 #: Clips generated for --data moving-shapes when --train-subset / --test-subset are not given.
 MOVING_SHAPES_CLIPS = (4000, 1000)
 AMPS = ("bf16", "fp16", "off")
@@ -168,14 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train a CIFAR ResNet with optional attention on CIFAR-10, or a "
                                             "C2D/I3D video ResNet with optional space-time non-local blocks.")
     p.add_argument("--data", default="cifar10", choices=DATASETS,
-                   help="data set: cifar10 (default), moving-shapes (generated clips) or kinetics-folder")
+                   help="data set: cifar10 (default), moving-shapes (generated clips), kinetics-folder or "
+                        "kinetics400-tiny")
     p.add_argument("--data-dir", default=None,
                    help="cifar10: folder holding cifar-10-batches-py (default $NLTUTORIAL_DATA or "
-                        "~/.cache/nltutorial); kinetics-folder: the data set folder (required). It must "
+                        "~/.cache/nltutorial); kinetics-folder: the data set folder (required); "
+                        "kinetics400-tiny: folder holding kinetics400_tiny (default as for cifar10). It must "
                         "exist unless --download is given")
     p.add_argument("--download", action="store_true",
-                   help="download CIFAR-10 into --data-dir if it is missing (without --data-dir the default "
-                        "cache folder downloads as needed)")
+                   help="download CIFAR-10 or Kinetics-400-tiny into --data-dir if it is missing (without "
+                        "--data-dir the default cache folder downloads as needed)")
     p.add_argument("--per-batch", type=_positive_int("--per-batch"), default=None,
                    help="use the first N images of every batch file (1000: the offline subset's images)")
     p.add_argument("--train-subset", type=_positive_int("--train-subset"), default=None,
@@ -191,9 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=_positive_int("--frames"), default=None,
                    help="video data: frames per clip, T (default 8)")
     p.add_argument("--frame-stride", type=_positive_int("--frame-stride"), default=None,
-                   help="kinetics-folder: frames between sampled frames (default 2)")
+                   help="kinetics-folder, kinetics400-tiny: frames between sampled frames (default 2)")
     p.add_argument("--size", type=_positive_int("--size"), default=None,
-                   help="video data: frame height = width (moving-shapes 32, kinetics-folder 112)")
+                   help="video data: frame height = width (moving-shapes 32, kinetics-folder and "
+                        "kinetics400-tiny 112)")
     p.add_argument("--epochs", type=_positive_int("--epochs"), default=30)
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=128,
                    help="images per step (per process under torchrun)")
@@ -247,7 +259,7 @@ def _validate_data_model(args: argparse.Namespace) -> None:
                 raise ValueError("--frame-stride applies to --data kinetics-folder, not --data moving-shapes")
             if args.frames is not None and args.frames < 3:
                 raise ValueError(f"--frames must be >= 3 for --data moving-shapes, got {args.frames}")
-        elif args.data_dir is None:
+        elif args.data == "kinetics-folder" and args.data_dir is None:
             raise ValueError("--data kinetics-folder needs --data-dir DIR (the data set folder)")
         for key in ("frames", "frame_stride", "size"):
             if getattr(args, key) is None:
@@ -269,8 +281,8 @@ def _validate_paths(args: argparse.Namespace) -> None:
         raise ValueError("--out must name a folder, got an empty string")
     if Path(args.out).expanduser().exists() and not Path(args.out).expanduser().is_dir():
         raise ValueError(f"--out {args.out} is a file, expected a folder")
-    if args.download and args.data != "cifar10":
-        raise ValueError(f"--download applies to --data cifar10, not --data {args.data}")
+    if args.download and args.data not in DOWNLOADABLE:
+        raise ValueError(f"--download applies to --data {' / '.join(DOWNLOADABLE)}, not --data {args.data}")
     if args.data_dir is None:
         return
     data_dir = Path(args.data_dir).expanduser()
@@ -279,7 +291,8 @@ def _validate_paths(args: argparse.Namespace) -> None:
     if data_dir.exists() and not data_dir.is_dir():
         raise ValueError(f"--data-dir {args.data_dir} is a file, expected a folder")
     if not data_dir.exists() and not args.download:
-        hint = " (pass --download to download CIFAR-10 there)" if args.data == "cifar10" else ""
+        name = {"cifar10": "CIFAR-10", "kinetics400-tiny": "Kinetics-400-tiny"}.get(args.data)
+        hint = f" (pass --download to download {name} there)" if name else ""
         raise ValueError(f"--data-dir {args.data_dir} does not exist{hint}")
 
 
@@ -747,21 +760,7 @@ def _video_data(args: argparse.Namespace):
         info = {"root": None, "classes": list(data.classes), "frames": args.frames, "size": args.size,
                 "shapes": list(data.shapes), "seed": 0}
         return data.train_clips, data.train_labels, data.val_clips, data.val_labels, info
-    try:
-        from .kinetics import load_kinetics_folder
-    except ImportError as err:  # e.g. a missing decoder dependency
-        raise ValueError(f"--data kinetics-folder needs nltutorial.kinetics and PyAV "
-                         f"(pip install av, or pip install \"nltutorial[video]\"): {err}") from err
-    root = Path(args.data_dir).expanduser()
-    if not root.is_dir():
-        raise ValueError(f"--data-dir {args.data_dir} is not a folder")
-    kwargs = dict(frames=args.frames, frame_stride=args.frame_stride, size=args.size)
-    try:
-        train_x, train_y, classes = load_kinetics_folder(root, "train", **kwargs)
-        val_x, val_y, _ = load_kinetics_folder(root, "val", classes=classes, **kwargs)
-    except ImportError as err:  # PyAV is imported when the first video file is decoded
-        raise ValueError(f"--data kinetics-folder: decoding videos needs PyAV (pip install av, or "
-                         f"pip install \"nltutorial[video]\"): {err}") from err
+    train_x, train_y, val_x, val_y, classes, root = _kinetics_clips(args)
     keep = _evenly_spaced(len(train_x), args.train_subset)
     if keep is not None:
         train_x, train_y = train_x[keep], train_y[keep]
@@ -770,7 +769,47 @@ def _video_data(args: argparse.Namespace):
         val_x, val_y = val_x[keep], val_y[keep]
     info = {"root": root, "classes": list(classes), "frames": args.frames, "frame_stride": args.frame_stride,
             "size": args.size}
+    if args.data == "kinetics400-tiny":
+        from .kinetics import KINETICS400_TINY_URL
+        info["source"] = KINETICS400_TINY_URL
     return train_x, train_y, val_x, val_y, info
+
+
+def _kinetics_clips(args: argparse.Namespace):
+    """(train clips, train labels, val clips, val labels, classes, root) of --data kinetics-folder or
+    kinetics400-tiny (which downloads when --download is given or --data-dir is not)."""
+    try:
+        from . import kinetics
+    except ImportError as err:  # e.g. a missing decoder dependency
+        raise ValueError(f"--data {args.data} needs nltutorial.kinetics and PyAV "
+                         f"(pip install av, or pip install \"nltutorial[video]\"): {err}") from err
+    kwargs = dict(frames=args.frames, frame_stride=args.frame_stride, size=args.size)
+    if args.data == "kinetics400-tiny":
+        root = data_root(args.data_dir)
+        download = args.download or args.data_dir is None   # the default cache root downloads as needed
+
+        def load(split, classes=None):
+            return kinetics.kinetics400_tiny(root, split, download, **kwargs)
+    else:
+        root = Path(args.data_dir).expanduser()
+        if not root.is_dir():
+            raise ValueError(f"--data-dir {args.data_dir} is not a folder")
+
+        def load(split, classes=None):
+            return kinetics.load_kinetics_folder(root, split, classes=classes, **kwargs)
+    try:
+        train_x, train_y, classes = load("train")
+        val_x, val_y, _ = load("val", classes)
+    except ImportError as err:  # PyAV is imported when the first video file is decoded
+        raise ValueError(f"--data {args.data}: decoding videos needs PyAV (pip install av, or "
+                         f"pip install \"nltutorial[video]\"): {err}") from err
+    except FileNotFoundError as err:
+        if args.data != "kinetics400-tiny":
+            raise
+        flag = f"--data-dir {args.data_dir}" if args.data_dir is not None else f"Kinetics-400-tiny in {root}"
+        raise ValueError(f"{flag}: {err}" + ("" if download else " (or pass --download to download it there)")) \
+            from None
+    return train_x, train_y, val_x, val_y, classes, root
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

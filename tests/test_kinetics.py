@@ -457,3 +457,377 @@ def test_disk_full_while_caching_warns_and_goes_on(flat, monkeypatch):
     assert len(full) == 1 and str(cache) in full[0] and ".pt" in full[0]
     assert x.shape[0] == 9 and len(calls) == 1  # every clip loaded; no more writes tried
     assert list(cache.iterdir()) == []  # nothing half-written left behind
+
+
+# --------------------------------------------------------------------------------------
+# Annotation lists ("<clip> <label>" per line)
+# --------------------------------------------------------------------------------------
+
+
+def _grey_mp4(path, level, n=8, side=32):
+    """An mp4 of n frames side×side, every pixel at grey ``level``: the decoded level names the clip."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = side, side, "yuv420p"
+        for _ in range(n):
+            frame = np.full((side, side, 3), level, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _level(clip):
+    """The grey level of a (3, T, h, w) clip, as the mean of all its pixels."""
+    return clip.double().mean().item()
+
+
+def test_annotation_list_labels_and_order(tmp_path):
+    root = tmp_path / "k"
+    for name, level in (("b.mp4", 60), ("a.mp4", 120), ("c.mp4", 180)):
+        _grey_mp4(root / "train" / name, level)
+    (root / "val").mkdir()
+    listing = tmp_path / "train.txt"
+    listing.write_text("b.mp4 1\n\n  c.mp4   0  \na.mp4 1\n")  # blank lines, extra spaces
+    x, y, classes = load_kinetics_folder(root, "train", frames=4, frame_stride=2, size=32, cache_dir=False,
+                                         annotations=listing)
+    # sorted by (label, name): c (0), a (1), b (1); each clip decodes to its own grey level
+    assert classes == ["0", "1"] and y.tolist() == [0, 1, 1] and y.dtype == torch.int64
+    assert x.shape == (3, 3, 4, 32, 32) and x.dtype == torch.uint8
+    for clip, level in zip(x, (180, 120, 60)):
+        assert abs(_level(clip) - level) < 4
+    items, _ = list_videos(root, "train", annotations=listing, classes=["p", "q", "r"])
+    assert items == [(root / "train" / "c.mp4", 0), (root / "train" / "a.mp4", 1), (root / "train" / "b.mp4", 1)]
+    # without split folders the names are relative to root itself; the list is the whole split
+    flat = tmp_path / "flat"
+    _grey_mp4(flat / "sub" / "z.mp4", 90)
+    (tmp_path / "flat.txt").write_text("sub/z.mp4 2\n")
+    x, y, classes = load_kinetics_folder(flat, "val", frames=2, frame_stride=1, size=16, cache_dir=False,
+                                         annotations=tmp_path / "flat.txt")
+    assert classes == ["0", "1", "2"] and y.tolist() == [2] and abs(_level(x[0]) - 90) < 4
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("a.mp4", "expected '<clip> <label>'"),
+    ("a.mp4 x", "expected '<clip> <label>'"),
+    ("a.mp4 -1", "expected '<clip> <label>'"),
+    ("a.mp4 1.0", "expected '<clip> <label>'"),
+    ("a.mp4 0 1", "expected '<clip> <label>'"),
+    ("../a.mp4 0", "without '..'"),
+    ("/tmp/a.mp4 0", "relative"),
+    ("a.mp4 0\na.mp4 1", "listed again .first on line 2"),
+    ("a.mp4 5", "label 5 is not below the 2 classes"),
+])
+def test_malformed_annotation_line_names_file_and_line(tmp_path, line, expected):
+    (tmp_path / "a.mp4").write_bytes(b"")  # listing never reads the clips
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n" + line + "\n")  # a blank first line: line numbers count every line
+    number = 3 if "listed again" in expected else 2
+    with pytest.raises(ValueError, match=f"{listing}, line {number}: .*{expected}"):
+        list_videos(tmp_path, "train", annotations=listing, classes=["x", "y"])
+
+
+def test_missing_list_and_missing_clip_are_named(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=f"annotation list not found: {tmp_path / 'none.txt'}"):
+        load_kinetics_folder(tmp_path, annotations=tmp_path / "none.txt", cache_dir=False)
+    listing = tmp_path / "list.txt"
+    listing.write_text("a.mp4 0\nghost.mp4 1\n")
+    with pytest.raises(FileNotFoundError, match=f"{listing}, line 2: the listed clip {tmp_path / 'ghost.mp4'}"):
+        load_kinetics_folder(tmp_path, annotations=listing, cache_dir=False)
+    (tmp_path / "train").mkdir()  # split folders: split 'val' must be one too
+    with pytest.raises(FileNotFoundError, match="split 'val' not found"):
+        list_videos(tmp_path, "val", annotations=listing)
+    listing.write_text("\n")
+    with pytest.raises(ValueError, match="no clips in split 'train'"):
+        load_kinetics_folder(tmp_path, annotations=listing, cache_dir=False)
+
+
+# --------------------------------------------------------------------------------------
+# Kinetics-400-tiny: a fake archive of the same layout, served on 127.0.0.1
+# --------------------------------------------------------------------------------------
+
+TINY_TRAIN = [("tr_b.mp4", 1), ("tr_a.mp4", 0), ("tr_d.mp4", 0), ("tr_c.mp4", 1)]
+TINY_VAL = [("va_b.mp4", 0), ("va_a.mp4", 1)]
+TINY_LEVEL = {name: 30 + 35 * k for k, (name, _) in enumerate(TINY_TRAIN + TINY_VAL)}  # 30 .. 205
+TINY_LISTS = {"train": "kinetics_tiny_train_video.txt", "val": "kinetics_tiny_val_video.txt"}
+
+
+@pytest.fixture(scope="module")
+def tiny_clips(tmp_path_factory):
+    """{clip name: mp4 bytes}: 8 frames of 32×32 at the clip's grey level."""
+    folder = tmp_path_factory.mktemp("tiny_clips")
+    return {name: _grey_mp4(folder / name, level).read_bytes() for name, level in TINY_LEVEL.items()}
+
+
+def _tiny_files(clips):
+    """{member name: bytes} of the kinetics400_tiny layout."""
+    files = {}
+    for split, entries in (("train", TINY_TRAIN), ("val", TINY_VAL)):
+        files[f"kinetics400_tiny/{TINY_LISTS[split]}"] = "".join(f"{n} {y}\n" for n, y in entries).encode()
+        files.update({f"kinetics400_tiny/{split}/{n}": clips[n] for n, _ in entries})
+    return files
+
+
+def _zip_bytes(files, extra=()):
+    """A zip of ``files`` {name: bytes} (with folder entries), then ``extra`` (ZipInfo, bytes) members."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for folder in ("kinetics400_tiny/", "kinetics400_tiny/train/", "kinetics400_tiny/val/"):
+            zf.writestr(folder, b"")
+        for name, payload in files.items():
+            zf.writestr(name, payload)
+        for info, payload in extra:
+            zf.writestr(info, payload)
+    return buf.getvalue()
+
+
+def _sha256(payload):
+    import hashlib
+
+    return hashlib.sha256(payload).hexdigest()
+
+
+def _listing(root):
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*")) if Path(root).exists() else []
+
+
+@pytest.fixture
+def server():
+    from conftest import LocalServer
+
+    s = LocalServer()
+    yield s
+    s.stop()
+
+
+TINY_OPTIONS = dict(frames=4, frame_stride=2, size=32, cache_dir=False, timeout=5)
+
+
+def _tiny(root, split, server, name, payload, **kwargs):
+    """kinetics400_tiny(root, split) with the archive ``payload`` served as ``name``."""
+    server.files[name] = payload
+    options = dict(TINY_OPTIONS, url=server.url(name), expected_size=len(payload), **kwargs)
+    return kinetics.kinetics400_tiny(root, split, **options)
+
+
+def test_tiny_constants():
+    assert kinetics.KINETICS400_TINY_URL == "https://download.openmmlab.com/mmaction/kinetics400_tiny.zip"
+    assert kinetics.KINETICS400_TINY_SIZE == 18_308_682
+    assert kinetics.KINETICS400_TINY_LISTS == TINY_LISTS
+
+
+def test_tiny_download_then_load(server, tmp_path, tiny_clips):
+    junk = __import__("zipfile").ZipInfo("__MACOSX/kinetics400_tiny/._tr_a.mp4")  # outside: not extracted
+    archive = _zip_bytes(_tiny_files(tiny_clips), extra=[(junk, b"resource fork")])
+    root = tmp_path / "data"
+    x, y, classes = _tiny(root, "train", server, "tiny.zip", archive)
+    # the list's labels, sorted by (label, name), each clip decoded to its own grey level
+    expected = sorted(TINY_TRAIN, key=lambda e: (e[1], e[0]))
+    assert classes == ["0", "1"]
+    assert y.dtype == torch.int64 and y.tolist() == [label for _, label in expected]
+    assert x.shape == (4, 3, 4, 32, 32) and x.dtype == torch.uint8
+    for clip, (name, _) in zip(x, expected):
+        assert (clip.int() - TINY_LEVEL[name]).abs().max() <= 4, name
+        assert torch.equal(clip, read_clip(root / "kinetics400_tiny" / "train" / name, 4, 2, 32))
+    assert _listing(root) == sorted(
+        ["kinetics400_tiny.zip", "kinetics400_tiny", "kinetics400_tiny/train", "kinetics400_tiny/val"]
+        + [f"kinetics400_tiny/{n}" for n in TINY_LISTS.values()]
+        + [f"kinetics400_tiny/train/{n}" for n, _ in TINY_TRAIN] + [f"kinetics400_tiny/val/{n}" for n, _ in TINY_VAL]
+    )  # no temporary folder, no .part file, no __MACOSX
+    assert (root / "kinetics400_tiny.zip").read_bytes() == archive  # kept: `sha256sum` it to pin it
+    # the val split and a later call read from disk (download=False too); val gets the same classes
+    xv, yv, classes_v = _tiny(root, "val", server, "tiny.zip", archive)
+    assert server.hits == ["/tiny.zip"]
+    assert classes_v == classes and yv.tolist() == [0, 1] and xv.shape == (2, 3, 4, 32, 32)
+    assert abs(_level(xv[0]) - TINY_LEVEL["va_b.mp4"]) < 4 and abs(_level(xv[1]) - TINY_LEVEL["va_a.mp4"]) < 4
+    again = kinetics.kinetics400_tiny(root, "val", download=False, frames=4, frame_stride=2, size=32,
+                                      cache_dir=False)
+    assert torch.equal(again[0], xv) and torch.equal(again[1], yv) and again[2] == classes_v
+    # the same data structure as load_kinetics_folder
+    folder = root / "kinetics400_tiny"
+    direct = load_kinetics_folder(folder, "val", 4, 2, 32, cache_dir=False, classes=["0", "1"],
+                                  annotations=folder / TINY_LISTS["val"])
+    assert torch.equal(direct[0], xv) and torch.equal(direct[1], yv) and direct[2] == classes_v
+
+
+def test_tiny_default_root_and_overridable_size(server, tmp_path, tiny_clips, monkeypatch):
+    archive = _zip_bytes(_tiny_files(tiny_clips))
+    server.files["tiny.zip"] = archive
+    monkeypatch.setattr(kinetics, "KINETICS400_TINY_URL", server.url("tiny.zip"))
+    monkeypatch.setattr(kinetics, "KINETICS400_TINY_SIZE", len(archive))  # read when called
+    monkeypatch.setenv("NLTUTORIAL_DATA", str(tmp_path / "env"))
+    x, y, _ = kinetics.kinetics400_tiny(split="val", **TINY_OPTIONS)
+    assert (tmp_path / "env" / "kinetics400_tiny" / "val" / "va_a.mp4").is_file() and y.tolist() == [0, 1]
+
+
+def test_tiny_wrong_size_leaves_nothing(server, tmp_path, tiny_clips):
+    archive = _zip_bytes(_tiny_files(tiny_clips))
+    server.files["tiny.zip"] = archive
+    server.files["cut.zip"] = archive[:-100]  # an interrupted download
+    root = tmp_path / "data"
+    destination = root / "kinetics400_tiny.zip"
+    n = len(archive)
+    for name, size, got in (("tiny.zip", n + 1, n), ("cut.zip", n, n - 100)):
+        with pytest.raises(kinetics.DatasetDownloadError) as err:
+            kinetics.kinetics400_tiny(root, url=server.url(name), expected_size=size, **TINY_OPTIONS)
+        message = str(err.value)
+        assert f"{destination} (from {server.url(name)}) has {got:,} bytes, expected {size:,}" in message
+        assert kinetics.KINETICS400_TINY_URL in message and "NLTUTORIAL_DATA" in message  # how to get it
+        assert _listing(root) == []  # no .part file, no archive, no folder
+    with pytest.raises(ValueError, match="expected_size"):
+        kinetics.kinetics400_tiny(root, url=server.url("tiny.zip"), **dict(TINY_OPTIONS, expected_size=0))
+
+
+def test_tiny_sha256_pin(server, tmp_path, tiny_clips):
+    archive = _zip_bytes(_tiny_files(tiny_clips))
+    good = _sha256(archive)
+    x, _, _ = _tiny(tmp_path / "pinned", "train", server, "tiny.zip", archive, sha256=good.upper())
+    assert x.shape[0] == 4
+    wrong = _sha256(b"another archive")
+    root = tmp_path / "data"
+    with pytest.raises(kinetics.DatasetDownloadError) as err:
+        _tiny(root, "train", server, "tiny.zip", archive, sha256=wrong)
+    message = str(err.value)
+    assert str(root / "kinetics400_tiny.zip") in message and "sha256 mismatch" in message
+    assert f"expected {wrong}" in message and f"got {good}" in message
+    assert _listing(root) == []
+    for bad in ("abc", 123, "g" * 64):
+        with pytest.raises(ValueError, match="sha256 must be"):
+            _tiny(root, "train", server, "tiny.zip", archive, sha256=bad)
+    # an archive placed by hand is checked too (and kept), without the network
+    (root / "kinetics400_tiny.zip").write_bytes(archive)
+    offline = dict(TINY_OPTIONS, url="http://127.0.0.1:9/x.zip", expected_size=len(archive))
+    with pytest.raises(kinetics.DatasetDownloadError, match=f"found in root.*expected {wrong} .*got {good}"):
+        kinetics.kinetics400_tiny(root, sha256=wrong, **offline)
+    assert _listing(root) == ["kinetics400_tiny.zip"]
+    x, _, _ = kinetics.kinetics400_tiny(root, sha256=good, **offline)
+    assert x.shape[0] == 4 and (root / "kinetics400_tiny.zip").is_file()
+
+
+def test_tiny_missing_list_or_clip_is_refused(server, tmp_path, tiny_clips):
+    files = _tiny_files(tiny_clips)
+    no_list = {k: v for k, v in files.items() if not k.endswith(TINY_LISTS["val"])}
+    ghost = dict(files, **{f"kinetics400_tiny/{TINY_LISTS['train']}": b"tr_a.mp4 0\nghost.mp4 1\n"})
+    bad_line = dict(files, **{f"kinetics400_tiny/{TINY_LISTS['val']}": b"va_a.mp4 1\nva_b.mp4\n"})
+    cases = [(no_list, f"annotation list not found: kinetics400_tiny/{TINY_LISTS['val']}"),
+             (ghost, f"kinetics400_tiny/{TINY_LISTS['train']}, line 2: the listed clip "
+                     f"kinetics400_tiny/train/ghost.mp4 does not exist"),
+             (bad_line, f"kinetics400_tiny/{TINY_LISTS['val']}, line 2: expected '<clip> <label>'")]
+    for k, (members, expected) in enumerate(cases):
+        root = tmp_path / f"data{k}"
+        with pytest.raises(kinetics.DatasetDownloadError) as err:
+            _tiny(root, "train", server, f"{k}.zip", _zip_bytes(members))
+        assert "is not Kinetics-400-tiny" in str(err.value) and expected in str(err.value)
+        assert _listing(root) == []  # the downloaded archive removed, nothing extracted
+
+
+def test_tiny_incomplete_folder_on_disk_is_named(tmp_path, tiny_clips):
+    folder = tmp_path / "kinetics400_tiny"
+    for member, payload in _tiny_files(tiny_clips).items():
+        (tmp_path / member).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / member).write_bytes(payload)
+    (folder / "val" / "va_a.mp4").unlink()
+    with pytest.raises(FileNotFoundError, match=f"line 2: the listed clip {folder / 'val' / 'va_a.mp4'}.*remove it"):
+        kinetics.kinetics400_tiny(tmp_path, download=False)
+    (folder / TINY_LISTS["train"]).unlink()
+    with pytest.raises(FileNotFoundError, match=f"annotation list not found: {folder / TINY_LISTS['train']}"):
+        kinetics.kinetics400_tiny(tmp_path, "val", download=False)
+
+
+def _zip_member(name, mode=None):
+    import zipfile
+
+    info = zipfile.ZipInfo(name)
+    if mode is not None:
+        info.external_attr = mode << 16
+    return info
+
+
+@pytest.mark.parametrize("member, why", [
+    (_zip_member("../evil.mp4"), r"'\.\.'"),
+    (_zip_member("kinetics400_tiny/../../evil.mp4"), r"'\.\.'"),
+    (_zip_member("/tmp/nltutorial-kinetics-evil.mp4"), "absolute path"),
+    (_zip_member("kinetics400_tiny/train/link.mp4", 0o120777), "symbolic link"),
+    (_zip_member("kinetics400_tiny/train/fifo", 0o010644), "special file"),
+], ids=["dotdot", "nested-dotdot", "absolute", "symlink", "fifo"])
+def test_tiny_unsafe_member_is_refused(server, tmp_path, tiny_clips, member, why):
+    archive = _zip_bytes(_tiny_files(tiny_clips), extra=[(member, b"/etc/passwd")])
+    root = tmp_path / "deep" / "data"
+    with pytest.raises(kinetics.UnsafeArchiveError, match=f"archive member {member.filename!r} .*{why}"):
+        _tiny(root, "train", server, "evil.zip", archive)
+    assert _listing(root) == []  # nothing written, the archive removed
+    assert not (tmp_path / "deep" / "evil.mp4").exists() and not (tmp_path / "evil.mp4").exists()
+    assert not Path("/tmp/nltutorial-kinetics-evil.mp4").exists()
+
+
+def test_tiny_download_false_without_data(tmp_path):
+    root = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError) as err:
+        kinetics.kinetics400_tiny(root, download=False)
+    message = str(err.value)
+    assert str(root / "kinetics400_tiny") in message and "download=True" in message
+    assert kinetics.KINETICS400_TINY_URL in message and "18,308,682 bytes" in message
+    assert not root.exists()
+    (tmp_path / TINY_LISTS["train"]).write_text("")  # tmp_path is the folder itself, not its parent
+    with pytest.raises(FileNotFoundError, match="looks like the kinetics400_tiny folder: pass its parent"):
+        kinetics.kinetics400_tiny(tmp_path, download=False)
+    with pytest.raises(ValueError, match="split"):
+        kinetics.kinetics400_tiny(tmp_path, "test", download=False)
+
+
+def test_tiny_failed_downloads_leave_no_part_file(server, tmp_path, monkeypatch):
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:  # a closed port: as without network
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/kinetics400_tiny.zip"
+    root = tmp_path / "data"
+    with pytest.raises(kinetics.DatasetDownloadError, match=f"Could not download Kinetics-400-tiny from {closed}"):
+        kinetics.kinetics400_tiny(root, url=closed, **TINY_OPTIONS)
+    with pytest.raises(kinetics.DatasetDownloadError, match="404"):
+        kinetics.kinetics400_tiny(root, url=server.url("missing.zip"), **TINY_OPTIONS)
+    assert _listing(root) == []
+    server.trickle["slow.zip"] = b"x" * 100  # one byte every 0.5 s: the deadline gives up
+    with pytest.raises(kinetics.DatasetDownloadError, match="deadline of 1 s"):
+        kinetics.kinetics400_tiny(root, url=server.url("slow.zip"), deadline=1, **TINY_OPTIONS)
+    assert _listing(root) == []
+
+    class Interrupted:  # the second read: Ctrl-C
+        reads = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read1(self, n):
+            Interrupted.reads += 1
+            if Interrupted.reads == 1:
+                return b"x" * 1000
+            raise KeyboardInterrupt
+
+        read = read1
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Interrupted())
+    with pytest.raises(KeyboardInterrupt):
+        kinetics.kinetics400_tiny(root, url="http://127.0.0.1:9/x.zip", **TINY_OPTIONS)
+    assert Interrupted.reads == 2 and _listing(root) == []
+
+
+def test_tiny_broken_zip_and_zip_bomb_are_refused(server, tmp_path, tiny_clips, monkeypatch):
+    root = tmp_path / "data"
+    with pytest.raises(kinetics.DatasetDownloadError, match="is not a readable zip archive"):
+        _tiny(root, "train", server, "junk.zip", b"PK not really a zip" * 100)
+    assert _listing(root) == []
+    monkeypatch.setattr(kinetics, "MAX_UNPACKED_BYTES", 1000)
+    with pytest.raises(kinetics.DatasetDownloadError, match="more than the 1,000 allowed"):
+        _tiny(root, "train", server, "tiny.zip", _zip_bytes(_tiny_files(tiny_clips)))
+    assert _listing(root) == []

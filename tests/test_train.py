@@ -584,3 +584,90 @@ def test_paths_are_checked(tmp_path, capsys):
 def test_data_dir_without_cifar10_needs_download(tmp_path, capsys):
     err = _fails_with(["--data-dir", str(tmp_path), "--device", "cpu", "--out", str(tmp_path / "o")], capsys)
     assert f"--data-dir {tmp_path}" in err and "--download" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# --data kinetics400-tiny
+# ---------------------------------------------------------------------------------------------
+
+TINY_LISTS = {"train": ["t0.mp4 0", "t1.mp4 1", "t2.mp4 0", "t3.mp4 1"], "val": ["v0.mp4 1", "v1.mp4 0"]}
+
+
+def _tiny_zip(folder):
+    """A fake kinetics400_tiny.zip (grey 8-frame 32×32 mp4s, the two lists) built in ``folder``."""
+    import io
+    import zipfile
+
+    av = pytest.importorskip("av")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for split, lines in TINY_LISTS.items():
+            zf.writestr(f"kinetics400_tiny/kinetics_tiny_{split}_video.txt", "".join(f"{l}\n" for l in lines))
+            for k, line in enumerate(lines):
+                name, label = line.split()
+                path = folder / name
+                with av.open(str(path), "w") as container:
+                    stream = container.add_stream("mpeg4", rate=8)
+                    stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+                    for i in range(8):   # the label shows in the pixels: the task is learnable
+                        frame = torch.full((32, 32, 3), 60 + 120 * int(label) + 5 * k + i, dtype=torch.uint8)
+                        for packet in stream.encode(av.VideoFrame.from_ndarray(frame.numpy(), format="rgb24")):
+                            container.mux(packet)
+                    for packet in stream.encode():
+                        container.mux(packet)
+                zf.write(path, f"kinetics400_tiny/{split}/{name}")
+    return buf.getvalue()
+
+
+def test_kinetics400_tiny_flags(tmp_path, capsys):
+    args = T.parse_args(["--data", "kinetics400-tiny", "--out", str(tmp_path / "o")])
+    assert (args.model, args.data_dir, args.frames, args.frame_stride, args.size) == ("c2d", None, 8, 2, 112)
+    assert T.VIDEO_DEFAULTS["kinetics400-tiny"] == T.VIDEO_DEFAULTS["kinetics-folder"]
+    args = T.parse_args(["--data", "kinetics400-tiny", "--data-dir", str(tmp_path / "new"), "--download",
+                         "--attention", "nl3d", "--out", str(tmp_path / "o")])
+    assert args.download and args.attention == "nl3d" and not (tmp_path / "new").exists()
+    err = _fails_with(["--data", "kinetics400-tiny", "--data-dir", str(tmp_path / "missing"),
+                       "--out", str(tmp_path / "o")], capsys)
+    assert "--data-dir" in err and "does not exist (pass --download to download Kinetics-400-tiny there)" in err
+    for argv, flag in ((["--attention", "se"], "--attention"), (["--per-batch", "10"], "--per-batch"),
+                       (["--model", "resnet20"], "--model"), (["--size", "8"], "--size")):
+        assert flag in _fails_with(["--data", "kinetics400-tiny", *argv, "--out", str(tmp_path / "o")], capsys)
+    # an existing --data-dir without kinetics400_tiny/ and without --download: named, nothing downloaded
+    err = _fails_with(["--data", "kinetics400-tiny", "--data-dir", str(tmp_path), "--device", "cpu",
+                       "--out", str(tmp_path / "o")], capsys)
+    assert f"--data-dir {tmp_path}: Kinetics-400-tiny not found: {tmp_path / 'kinetics400_tiny'}" in err
+    assert "--download" in err
+
+
+def test_kinetics400_tiny_downloads_and_trains_one_epoch(tmp_path, monkeypatch):
+    from conftest import LocalServer
+    from nltutorial import kinetics
+    from nltutorial.cost import count_flops
+    from nltutorial.video_models import video_resnet
+
+    (tmp_path / "clips").mkdir()
+    archive = _tiny_zip(tmp_path / "clips")
+    server = LocalServer({"kinetics400_tiny.zip": archive})
+    monkeypatch.setattr(kinetics, "KINETICS400_TINY_URL", server.url("kinetics400_tiny.zip"))
+    monkeypatch.setattr(kinetics, "KINETICS400_TINY_SIZE", len(archive))
+    monkeypatch.setenv("NLTUTORIAL_DATA", str(tmp_path / "cache-root"))   # the clip cache goes there
+    data_dir, out = tmp_path / "data", tmp_path / "run"
+    argv = ["--data", "kinetics400-tiny", "--data-dir", str(data_dir), "--download", "--attention", "nl3d",
+            "--frames", "4", "--frame-stride", "1", "--size", "16", "--epochs", "1", "--batch-size", "4",
+            "--device", "cpu", "--seed", "0", "--no-progress", "--out", str(out)]
+    try:
+        summary = run(argv)
+    finally:
+        server.stop()
+    assert server.hits == ["/kinetics400_tiny.zip"]
+    assert (data_dir / "kinetics400_tiny" / "val" / "v1.mp4").is_file()
+    rows = metrics(out)
+    assert [r["epoch"] for r in rows] == [1] and 0.0 <= rows[0]["test_accuracy"] <= 1.0
+    assert math.isfinite(rows[0]["train_loss"]) and math.isfinite(rows[0]["test_loss"])
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["data"] == {"name": "kinetics400-tiny", "root": str(data_dir), "train_images": 4,
+                             "test_images": 2, "classes": ["0", "1"], "frames": 4, "frame_stride": 1,
+                             "size": 16, "source": server.url("kinetics400_tiny.zip")}
+    assert summary["finished"] and saved["flops"] == count_flops(video_resnet("c2d", 2, "nl3d").eval(),
+                                                                 torch.zeros(1, 3, 4, 16, 16))
+    assert len(list((tmp_path / "cache-root" / "kinetics-cache").glob("*.pt"))) == 6
