@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -106,14 +107,14 @@ def good_site(root: Path) -> Path:
                <a href="#top-title">this page</a> <a href="book/">book folder</a>
                <a href="https://example.org/paper">an external link</a>
                <a href="mailto:someone@example.org">mail</a></p>
-            <img src="img/dot.png" alt="dot">
+            <img src="img/dot.png" alt="a red dot, four pixels wide">
             <script>console.log("fine"); console.warn("only a warning");</script>
         """),
         "book/index.html": page("Book", '<p><a href="../index.html">home</a></p>'),
         "book/chapter.html": page("Chapter", """
             <h2 id="sec-one">One</h2><p><a href="../index.html#top-title">home</a></p>
             <h2 id="sec-two">Two</h2><p><a name="old-anchor"></a><a href="#old-anchor">old</a></p>
-            <p><img src="../img/dot.png" alt="dot again"></p>
+            <p><img src="../img/dot.png" alt="the same red dot again"></p>
             <pre><code>echo $$ \\(not math, code\\)</code></pre>
         """),
         "img/dot.png": tiny_png(),
@@ -143,7 +144,7 @@ def test_good_site_passes_and_writes_screenshots(browser, tmp_path):
 
 def test_external_requests_are_blocked_and_reported_not_errors(browser, tmp_path):
     site = write_site(tmp_path / "site", {
-        "index.html": page("Ext", "<p>hello</p><img src='https://cdn.example.com/remote.png' alt='r'>",
+        "index.html": page("Ext", "<p>hello</p><img src='https://cdn.example.com/remote.png' alt='a remote picture'>",
                            head="<link rel='stylesheet' href='https://fonts.example.com/css?family=X'>"
                                 "<script src='https://cdn.example.com/lib.js'></script>"),
     })
@@ -165,8 +166,8 @@ def bad_site(root: Path) -> Path:
         "broken_link.html": page("Broken link", '<a href="no_such_page.html">gone</a>'),
         "missing_fragment.html": page("Missing fragment",
                                       '<h1 id="here">x</h1><a href="index.html#nope">x</a>'),
-        "broken_image.html": page("Broken image", '<img src="img/missing.png" alt="missing">'
-                                                  '<img src="img/corrupt.png" alt="corrupt">'),
+        "broken_image.html": page("Broken image", '<img src="img/missing.png" alt="a missing picture">'
+                                                  '<img src="img/corrupt.png" alt="a corrupt picture">'),
         "img/corrupt.png": b"this is not a png",
         "js_error.html": page("JS error", '<p>x</p><script>console.error("custom console error")</script>'
                                           '<script>throw new Error("boom")</script>'),
@@ -230,6 +231,121 @@ def test_math_without_mathjax(bad_result):
     probs = problems_of(bad_result, "math_without_mathjax.html")
     assert [p.kind for p in probs] == ["mathjax"], messages(bad_result)
     assert "MathJax did not load" in probs[0].message
+
+
+# --------------------------------------------------------------------------- layout, alt, xrefs, explorers
+
+STYLE = "<style>article{width:800px} pre{overflow-x:auto} table{border-collapse:collapse}</style>"
+LONG = "x = " + " + ".join(f"value_{k}" for k in range(60))          # about 600 characters
+
+
+def layout_site(root: Path) -> Path:
+    import numpy as np
+
+    import nltutorial as nlt
+
+    rng = np.random.default_rng(0)
+    grid = np.array([[2, 2], [2, 12], [12, 2], [12, 12]])
+    explorer = nlt.attention_explorer(rng.random((16, 16)), rng.random((4, 8, 8)), grid).html
+    dead = re.sub(r"<script.*?</script>", "", explorer, flags=re.S)
+    wide_row = "".join(f"<td>column_number_{k}</td>" for k in range(40))
+    art = lambda body: f"<article>{body}</article>"  # noqa: E731 - the page's text column
+    return write_site(root, {
+        "index.html": page("Home", art("<p>home</p>")),
+        "narrow_code.html": page("Narrow", art('<div class="highlight"><pre>x = 1\ny = 2</pre></div>'
+                                               '<div class="cell_output"><div class="output text_plain">'
+                                               '<pre>3</pre></div></div>'), STYLE),
+        "wide_code.html": page("Wide", art(f'<div class="highlight"><pre>{LONG}</pre></div>'), STYLE),
+        "collapsed.html": page("Collapsed", art(f"<details><summary>show</summary><pre>{LONG}</pre>"
+                                                "</details>"), STYLE),
+        "wide_table.html": page("Table", art(f"<table><tr>{wide_row}</tr></table>"), STYLE),
+        "page_wide.html": page("Page", art("<p>x</p>") + '<div style="width:3000px">wide</div>', STYLE),
+        "alt.html": page("Alt", art('<img src="img/dot.png"><img src="img/dot.png" alt="img/dot.png">'
+                                    '<img src="img/dot.png" alt="dot.png">'
+                                    '<figure><img src="img/dot.png" alt="a red dot on white"></figure>'),
+                         STYLE),
+        "xref.html": page("Xref", art('<h2 id="s">S</h2><a class="reference internal" href="#s">'
+                                      '<span class="std std-ref">Section S</span></a>'
+                                      '<span class="xref std std-ref">missing-label</span>'), STYLE),
+        "explorer.html": page("Explorer", art(explorer), STYLE),
+        "explorer_dead.html": page("Dead explorer", art(dead), STYLE),
+        "img/dot.png": tiny_png(),
+    })
+
+
+@pytest.fixture(scope="module")
+def layout_result(browser, tmp_path_factory):
+    pytest.importorskip("numpy")
+    site = layout_site(tmp_path_factory.mktemp("layout_site"))
+    result = bc.check_site(site, None, browser=browser)
+    return result, {p.page: p for p in result.pages}
+
+
+def kinds_of(result, page_name):
+    return sorted(p.kind for p in result.problems if p.page == page_name)
+
+
+def test_narrow_blocks_pass_and_are_counted(layout_result):
+    result, pages = layout_result
+    assert kinds_of(result, "narrow_code.html") == [], messages(result)
+    assert pages["narrow_code.html"].n_blocks == 2 and pages["narrow_code.html"].n_overflowing == 0
+
+
+def test_a_block_that_scrolls_sideways_is_a_problem(layout_result):
+    result, pages = layout_result
+    assert kinds_of(result, "wide_code.html") == ["layout"], messages(result)
+    msg = next(str(p) for p in result.problems if p.page == "wide_code.html")
+    assert "scrolls sideways at a 1280-px window" in msg and "value_0" in msg
+    assert pages["wide_code.html"].n_overflowing == 1
+
+
+def test_collapsed_content_is_opened_and_measured(layout_result):
+    result, _ = layout_result
+    assert kinds_of(result, "collapsed.html") == ["layout"], messages(result)
+
+
+def test_a_table_wider_than_the_text_column_is_a_problem(layout_result):
+    result, _ = layout_result
+    assert "layout" in kinds_of(result, "wide_table.html"), messages(result)
+    assert any("column_number_0" in p.message or "text column" in p.message
+               for p in result.problems if p.page == "wide_table.html")
+
+
+def test_a_page_that_scrolls_sideways_is_a_problem(layout_result):
+    result, _ = layout_result
+    msgs = [p.message for p in result.problems if p.page == "page_wide.html"]
+    assert any("the page scrolls sideways" in m for m in msgs), messages(result)
+
+
+def test_images_need_a_real_alt_text(layout_result):
+    result, pages = layout_result
+    assert kinds_of(result, "alt.html") == ["alt", "alt", "alt"], messages(result)
+    text = "\n".join(p.message for p in result.problems if p.page == "alt.html")
+    assert "no alt text" in text and "'img/dot.png' is not a description" in text
+    assert pages["alt.html"].n_alt_ok == 1 and pages["alt.html"].n_figures == 1
+
+
+def test_unresolved_cross_references_are_problems(layout_result):
+    result, pages = layout_result
+    assert kinds_of(result, "xref.html") == ["xref"], messages(result)
+    assert "missing-label" in str(next(p for p in result.problems if p.page == "xref.html"))
+    assert pages["xref.html"].n_xrefs == 1
+
+
+def test_explorers_must_answer_two_clicks(layout_result):
+    result, pages = layout_result
+    assert kinds_of(result, "explorer.html") == [], messages(result)
+    assert pages["explorer.html"].n_explorers == 1
+    assert kinds_of(result, "explorer_dead.html") == ["explorer"], messages(result)
+    assert pages["explorer_dead.html"].n_explorers == 0
+
+
+def test_totals_add_up_over_pages(layout_result):
+    result, pages = layout_result
+    totals = result.totals()
+    assert totals["blocks"] == sum(p.n_blocks for p in pages.values())
+    assert totals["explorers"] == 1 and totals["xrefs"] == 1
+    assert f"{totals['blocks']} code/output blocks" in result.summary()
 
 
 def test_screenshot_names():

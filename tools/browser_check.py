@@ -11,7 +11,19 @@ and collects problems:
 * broken local images (the browser cannot decode them);
 * math on the page that MathJax did not load / typeset, and MathJax errors;
 * internal links whose target file is missing, or whose ``#fragment`` names
-  no element of the target page.
+  no element of the target page;
+* cross-references that Sphinx could not resolve (an ``xref`` left without a link);
+* layout at a 1280-px window: any code, output, table, figure or display-math block
+  that scrolls sideways or sticks out of the page's text column, and a page that
+  scrolls sideways as a whole (collapsed cells and dropdowns are opened first, so
+  hidden content is measured too);
+* images in the page's text without a real alt text (missing, empty, or just the
+  file's name or path);
+* interactive explorers (``.nlt-explorer``): two clicks at different points of each
+  one must each change its view (the selected query and the drawn map).
+
+Per page and in total it counts code/output blocks, figures, images with alt text,
+cross-references and explorers, so that a summary of the whole book can be quoted.
 
 Requests to any other host are aborted (the check works offline, and never
 waits for a CDN); they are not problems by themselves, but are listed in the
@@ -90,7 +102,8 @@ class ChromiumUnavailable(RuntimeError):
 @dataclass
 class Problem:
     page: str  # page path relative to the HTML folder, e.g. "book/01_nl_means.html"
-    kind: str  # console, pageerror, http, request, image, link, fragment, mathjax
+    kind: str  # console, pageerror, http, request, image, link, fragment, mathjax,
+    #          layout, alt, xref, explorer
     message: str
 
     def __str__(self) -> str:
@@ -111,6 +124,12 @@ class PageResult:
     mathjax_version: Optional[str] = None
     seconds: float = 0.0
     redirected_to: Optional[str] = None
+    n_blocks: int = 0          # code and output blocks measured
+    n_overflowing: int = 0     # blocks (and tables, figures, math) that scroll sideways
+    n_figures: int = 0         # <figure> elements in the text
+    n_alt_ok: int = 0          # images in the text with a real alt text
+    n_xrefs: int = 0           # resolved cross-references ({ref}, {numref}, {doc})
+    n_explorers: int = 0       # .nlt-explorer widgets that answered two clicks
 
     def summary(self) -> str:
         status = "OK  " if not self.problems else "FAIL"
@@ -121,6 +140,14 @@ class PageResult:
             f"{self.n_external_links} external links",
             f"{self.n_images} images",
         ]
+        if self.n_blocks:
+            parts.append(f"{self.n_blocks} code/output blocks, {self.n_overflowing} scroll sideways")
+        if self.n_figures:
+            parts.append(f"{self.n_figures} figures")
+        if self.n_xrefs:
+            parts.append(f"{self.n_xrefs} cross-references")
+        if self.n_explorers:
+            parts.append(f"{self.n_explorers} explorers")
         if self.n_math or self.mathjax_version:
             parts.append(f"math {self.n_typeset}/{self.n_math} typeset"
                          f" (MathJax {self.mathjax_version or 'not loaded'})")
@@ -165,8 +192,22 @@ class CheckResult:
         if self.problems:
             lines.append("Problems:")
             lines.extend(f"  {p}" for p in self.problems)
+        lines.append(self.totals_line())
         lines.append(f"{len(self.pages)} pages checked, {len(self.problems)} problems")
         return "\n".join(lines)
+
+    def totals(self) -> Dict[str, int]:
+        """Counts over all pages (blocks, overflowing blocks, figures, images, ...)."""
+        keys = ("n_blocks", "n_overflowing", "n_figures", "n_images", "n_alt_ok", "n_xrefs",
+                "n_explorers", "n_links")
+        return {k[2:]: sum(getattr(page, k) for page in self.pages) for k in keys}
+
+    def totals_line(self) -> str:
+        t = self.totals()
+        return (f"Totals: {t['blocks']} code/output blocks ({t['overflowing']} scroll sideways at "
+                f"{VIEWPORT['width']} px), {t['figures']} figures, {t['alt_ok']}/{t['images']} images "
+                f"with alt text, {t['xrefs']} cross-references, {t['explorers']} explorers answering "
+                f"clicks, {t['links']} internal links")
 
 
 # --------------------------------------------------------------------------- server
@@ -338,6 +379,131 @@ async (mathjaxTimeout) => {
                  containers, raw, errors}};
 }
 """
+
+
+# JavaScript for the layout checks, run after the screenshot: opens every collapsed cell and
+# dropdown (<details>), then measures.  "Text" is the page's main article (Sphinx themes:
+# <article> / main / [role=main]); without one, the body.
+_LAYOUT_JS = r"""
+() => {
+  document.querySelectorAll('details').forEach((d) => { d.open = true; });
+  const text = document.querySelector('article.bd-article, article, main, [role="main"]') || document.body;
+  const textBox = text.getBoundingClientRect();
+  const snippet = (e) => (e.innerText || e.getAttribute('alt') || e.tagName).trim().replace(/\s+/g, ' ').slice(0, 70);
+  const visible = (e) => e.getClientRects().length > 0 && getComputedStyle(e).visibility !== 'hidden';
+  // Code and output blocks: every <pre> (code cells, text outputs, literal blocks) and
+  // every rich (HTML) output.
+  const blockSel = 'pre, div.output.text_html';
+  const blocks = Array.from(text.querySelectorAll(blockSel)).filter(visible);
+  // Display math only (div.math / display containers): inline math flows with the text.
+  const wideSel = 'table, figure, img, div.math, mjx-container[display="true"], .nlt-explorer';
+  const wide = Array.from(text.querySelectorAll(wideSel)).filter(visible);
+  const overflowing = [];
+  const seen = new Set();
+  const note = (e, why) => { if (seen.has(e)) return; seen.add(e);
+    overflowing.push({tag: e.tagName.toLowerCase(), cls: String(e.className || '').slice(0, 40), why: why,
+                      text: snippet(e)}); };
+  for (const e of blocks.concat(wide)) {
+    // The element itself scrolls (or would scroll) sideways ...
+    if (e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0) {
+      note(e, `content ${e.scrollWidth} px wide in a ${e.clientWidth} px box`);
+      continue;
+    }
+    // ... or sticks out of the text column.
+    const r = e.getBoundingClientRect();
+    if (r.width > 0 && r.right > textBox.right + 2) {
+      note(e, `right edge at ${Math.round(r.right)} px, text column ends at ${Math.round(textBox.right)} px`);
+    }
+  }
+  // Containers that scroll because of what they hold (a wrapper around a wide table/image).
+  for (const e of Array.from(text.querySelectorAll('div.cell_output, div.output, div.pst-scrollable-table-container, div.table-wrapper')).filter(visible)) {
+    if (e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0 && !Array.from(seen).some((o) => e.contains(o))) {
+      note(e, `content ${e.scrollWidth} px wide in a ${e.clientWidth} px box`);
+    }
+  }
+  const doc = document.scrollingElement || document.documentElement;
+  const pageOverflow = doc.scrollWidth > window.innerWidth + 1 ? doc.scrollWidth : 0;
+
+  // Alt text of images in the text (explorer fallbacks included).
+  const badAlt = [];
+  let altOk = 0;
+  const imgs = Array.from(text.querySelectorAll('img'));
+  for (const img of imgs) {
+    const alt = (img.getAttribute('alt') || '').trim();
+    const src = img.getAttribute('src') || '';
+    const base = src.split('/').pop().split('?')[0];
+    const fileLike = /^[\w./-]+\.(png|svg|jpe?g|gif|webp)$/i.test(alt) || alt === base || alt === src;
+    if (!alt || fileLike || alt.length < 8) badAlt.push({src: src, alt: alt}); else altOk += 1;
+  }
+  // Cross-references: resolved ones are links holding a std-ref/std-numref/std-doc span;
+  // an unresolved one is an xref span without a link around it.
+  const xrefs = text.querySelectorAll('a.reference.internal > span.std-ref, a.reference.internal > span.std-numref, a.reference.internal > span.std-doc, a.reference.internal > span.doc').length;
+  const unresolved = Array.from(text.querySelectorAll('span.xref, code.xref')).filter((e) => !e.closest('a'))
+    .map((e) => e.textContent.trim().slice(0, 60));
+  const figures = text.querySelectorAll('figure').length;
+  const explorers = Array.from(document.querySelectorAll('.nlt-explorer')).map((e) => e.id || '');
+  return {nBlocks: blocks.length, overflowing, pageOverflow, viewport: window.innerWidth,
+          badAlt, altOk, xrefs, unresolved, figures, explorers};
+}
+"""
+
+# Explorer state: the selected query and a fingerprint of the drawn map.
+_EXPLORER_STATE_JS = r"""
+(root) => {
+  const map = root.querySelector('canvas.nlt-explorer-map');
+  let pixels = '';
+  try { pixels = map ? map.toDataURL() : ''; } catch (e) { pixels = 'unreadable: ' + e; }
+  return {query: root.getAttribute('data-query'), map: pixels};
+}
+"""
+
+
+def _judge_layout(info, pr: PageResult, problem) -> None:
+    pr.n_blocks = info["nBlocks"]
+    pr.n_overflowing = len(info["overflowing"])
+    pr.n_figures = info["figures"]
+    pr.n_alt_ok = info["altOk"]
+    pr.n_xrefs = info["xrefs"]
+    for o in info["overflowing"]:
+        problem("layout", f"<{o['tag']} class={o['cls']!r}> scrolls sideways at a "
+                          f"{info['viewport']}-px window ({o['why']}): {o['text']!r}")
+    if info["pageOverflow"]:
+        problem("layout", f"the page scrolls sideways: {info['pageOverflow']} px wide at a "
+                          f"{info['viewport']}-px window")
+    for img in info["badAlt"]:
+        what = "no alt text" if not img["alt"] else f"alt text {img['alt']!r} is not a description"
+        problem("alt", f"image {img['src']!r}: {what}")
+    for ref in info["unresolved"]:
+        problem("xref", f"unresolved cross-reference {ref!r} (no link)")
+
+
+def _check_explorers(page, pr: PageResult, problem) -> None:
+    """Click two points of every explorer's image; each click must change the view."""
+    roots = page.query_selector_all(".nlt-explorer")
+    for k, root in enumerate(roots):
+        name = root.get_attribute("id") or f"explorer {k + 1}"
+        canvas = root.query_selector("canvas.nlt-explorer-image")
+        if canvas is None or not canvas.is_visible():
+            problem("explorer", f"{name}: no visible canvas.nlt-explorer-image (its script did not run)")
+            continue
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        if not box or box["width"] < 4 or box["height"] < 4:
+            problem("explorer", f"{name}: its image has no size on the page ({box})")
+            continue
+        states = [page.evaluate(_EXPLORER_STATE_JS, root)]
+        answered = True
+        for fx, fy in ((0.8, 0.8), (0.2, 0.2)):
+            canvas.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
+            page.wait_for_timeout(50)
+            states.append(page.evaluate(_EXPLORER_STATE_JS, root))
+            before, after = states[-2], states[-1]
+            if after["query"] == before["query"] or after["map"] == before["map"]:
+                problem("explorer", f"{name}: a click at ({fx:.0%}, {fy:.0%}) of its image did not "
+                                    f"change the view (query {before['query']} -> {after['query']}, "
+                                    f"map {'changed' if after['map'] != before['map'] else 'unchanged'})")
+                answered = False
+        pr.n_explorers += answered
 
 
 def _is_network_console_noise(text: str) -> bool:
@@ -563,6 +729,12 @@ def _check_one(context, server, html_dir: Path, shots: Optional[Path], rel: str,
                 pr.screenshot = target
             except Exception as exc:
                 problem("screenshot", f"screenshot failed: {exc}")
+        if info is not None:
+            try:
+                _judge_layout(page.evaluate(_LAYOUT_JS), pr, problem)
+                _check_explorers(page, pr, problem)
+            except Exception as exc:
+                problem("inspect", f"could not check the layout or the explorers: {exc}")
         # Let late console messages / errors arrive before detaching.
         page.wait_for_timeout(50)
     finally:
