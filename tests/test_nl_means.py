@@ -112,9 +112,44 @@ def test_tiny_images():
 def test_bands_give_same_result(monkeypatch):
     x = RNG.random((37, 23, 3)).astype(np.float32)
     whole = nl_means(x, patch_size=5, search_size=7, h=0.2, sigma=0.05)
-    monkeypatch.setattr(nlm_module, "_BAND_PIXELS", 5 * 23)  # bands of 5 rows, last one short
+    monkeypatch.setattr(nlm_module, "_band_rows", lambda *args: 5)  # bands of 5 rows, last one short
     banded = nl_means(x, patch_size=5, search_size=7, h=0.2, sigma=0.05)
     np.testing.assert_allclose(banded, whole, atol=1e-6)
+
+
+def test_threads_give_same_result():
+    # With n > 1 CPU threads the bands run in n Python threads of one torch thread each.
+    x = RNG.random((70, 33)).astype(np.float32)
+    clip = RNG.random((3, 40, 21, 3)).astype(np.float32)
+    kwargs = dict(patch_size=5, search_size=7, h=0.2, sigma=0.05)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = nl_means(x, **kwargs), nl_means(clip, video=True, temporal_radius=1, **kwargs)
+        torch.set_num_threads(3)
+        three = nl_means(x, **kwargs), nl_means(clip, video=True, temporal_radius=1, **kwargs)
+        assert torch.get_num_threads() == 3                    # restored after the worker threads
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, three):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(one[0], ref_nl_means(x, 5, 7, 0.2, 0.05, "gaussian"), atol=2e-5)
+
+
+@pytest.mark.parametrize("name, value", [("_MAX_DX_BATCH", 1), ("_MAX_DX_BATCH", 2), ("_GEMM_ROWS", 1),
+                                         ("_GEMM_ROWS", 3), ("_BATCH_VALUES", 1)])
+def test_batch_sizes_give_same_result(monkeypatch, name, value):
+    # The offsets are processed in batches (dx pieces, frame pairs) and the first filter pass in
+    # blocks of _GEMM_ROWS rows: none of these sizes may change the result.
+    x = RNG.random((13, 11)).astype(np.float32)
+    clip = RNG.random((4, 9, 10, 3)).astype(np.float32)
+    kwargs = dict(patch_size=5, search_size=7, h=0.2, sigma=0.05)
+    before = nl_means(x, **kwargs), nl_means(clip, video=True, temporal_radius=2, **kwargs)
+    monkeypatch.setattr(nlm_module, name, value)
+    after = nl_means(x, **kwargs), nl_means(clip, video=True, temporal_radius=2, **kwargs)
+    for a, b in zip(after, before):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(after[0], ref_nl_means(x, 5, 7, 0.2, 0.05, "gaussian"), atol=2e-5)
 
 
 @pytest.mark.parametrize("image", [GRAY, COLOUR])
@@ -350,3 +385,244 @@ def test_patch_embeddings_bad_arguments():
         patch_embeddings(np.zeros((4, 4), np.float32), patch_size=4)
     with pytest.raises(ValueError, match="image"):
         patch_embeddings(np.zeros((4, 4, 2), np.float32))
+
+
+# --------------------------------------------------------------------------- #
+# Video: space-time NL-means (Buades, Coll & Morel, IJCV 2008)
+# --------------------------------------------------------------------------- #
+def ref_weights_video(frames, t, row, col, P, S, tau, h, sigma, K, centre="max"):
+    """Unnormalised (2τ + 1, S, S) weights of pixel (t, row, col), written from the definition.
+
+    frames: list of the T mirror-padded frames (H + 2R, W + 2R, C).  Candidate j = (t + δ, row + a,
+    col + b) with |δ| ≤ τ, frames outside the clip skipped (weight 0: time is clipped).  The patch
+    of j is taken in its own frame t + δ.  Centre: max over the other weights, or 1.
+    """
+    pr, sr = P // 2, S // 2
+    R = pr + sr
+    ci, cj = row + R, col + R
+    patch_i = frames[t][ci - pr:ci + pr + 1, cj - pr:cj + pr + 1]   # (P, P, C)
+    w = np.zeros((2 * tau + 1, S, S))
+    for delta in range(-tau, tau + 1):
+        if not 0 <= t + delta < len(frames):
+            continue
+        for a in range(S):
+            for b in range(S):
+                yj, xj = ci + a - sr, cj + b - sr
+                patch_j = frames[t + delta][yj - pr:yj + pr + 1, xj - pr:xj + pr + 1]
+                d2 = np.sum(K * np.mean((patch_i - patch_j) ** 2, axis=-1))
+                w[tau + delta, a, b] = math.exp(-max(d2 - 2 * sigma**2, 0.0) / h**2)
+    w[tau, sr, sr] = 0.0
+    w[tau, sr, sr] = max(w.max(), np.finfo(np.float32).tiny) if centre == "max" else 1.0
+    return w
+
+
+def ref_window_video(frames, t, row, col, S, tau, R):
+    """(2τ + 1, S, S, C) values of the space-time window, zeros for frames outside the clip."""
+    sr = S // 2
+    out = np.zeros((2 * tau + 1, S, S, frames[0].shape[-1]))
+    for delta in range(-tau, tau + 1):
+        if 0 <= t + delta < len(frames):
+            out[tau + delta] = frames[t + delta][row + R - sr:row + R + sr + 1, col + R - sr:col + R + sr + 1]
+    return out
+
+
+def ref_nl_means_video(clip, P, S, tau, h, sigma, weighting, centre="max"):
+    clip = np.asarray(clip, dtype=np.float64)
+    K = ref_kernel(P, weighting)
+    frames = [ref_pad(f, P, S) for f in clip]
+    T, H, W = clip.shape[:3]
+    R = P // 2 + S // 2
+    out = np.zeros((T, H, W, frames[0].shape[-1]))
+    for t in range(T):
+        for i in range(H):
+            for j in range(W):
+                w = ref_weights_video(frames, t, i, j, P, S, tau, h, sigma, K, centre)
+                window = ref_window_video(frames, t, i, j, S, tau, R)
+                out[t, i, j] = np.tensordot(w, window, axes=3) / w.sum()
+    return out[..., 0] if clip.ndim == 3 else out
+
+
+CLIP = RNG.random((3, 9, 9)).astype(np.float32)
+CLIP_COLOUR = RNG.random((3, 7, 8, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "clip, P, S, tau, h, sigma, weighting",
+    [
+        (CLIP, 3, 5, 0, 0.2, 0.05, "gaussian"),
+        (CLIP, 3, 5, 1, 0.2, 0.05, "gaussian"),
+        (CLIP, 3, 5, 2, 0.15, 0.0, "gaussian"),       # τ = T − 1: every frame searches the whole clip
+        (CLIP, 5, 3, 1, 0.3, 0.1, "uniform"),
+        (CLIP, 3, 1, 1, 0.2, 0.0, "gaussian"),        # S = 1: only the same pixel in the other frames
+        (CLIP[:2], 3, 5, 4, 0.2, 0.05, "gaussian"),   # τ > T: clipped to the clip
+        (CLIP[:1], 3, 5, 2, 0.2, 0.05, "gaussian"),   # one frame: the image case
+        (CLIP_COLOUR, 3, 5, 1, 0.25, 0.05, "gaussian"),
+        (CLIP_COLOUR, 3, 3, 2, 0.3, 0.0, "uniform"),
+    ],
+)
+def test_video_matches_reference(clip, P, S, tau, h, sigma, weighting):
+    got = nl_means(clip, patch_size=P, search_size=S, h=h, sigma=sigma, patch_weighting=weighting,
+                   video=True, temporal_radius=tau)
+    want = ref_nl_means_video(clip, P, S, tau, h, sigma, weighting)
+    assert got.shape == clip.shape and got.dtype == clip.dtype
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("clip", [CLIP, CLIP_COLOUR])
+def test_temporal_radius_0_is_frame_by_frame(clip):
+    kwargs = dict(patch_size=3, search_size=5, h=0.2, sigma=0.05)
+    got = nl_means(clip, video=True, temporal_radius=0, **kwargs)
+    np.testing.assert_allclose(got, np.stack([nl_means(f, **kwargs) for f in clip]), atol=1e-6)
+    np.testing.assert_allclose(nl_means(clip, video=True, **kwargs), got, atol=0)   # τ = 0 is the default
+
+
+def test_one_frame_clip_is_the_image():
+    got = nl_means(GRAY[None], patch_size=3, search_size=5, h=0.2, video=True, temporal_radius=3)
+    np.testing.assert_allclose(got[0], nl_means(GRAY, patch_size=3, search_size=5, h=0.2), atol=1e-6)
+
+
+@pytest.mark.parametrize("tau", [1, 2])
+def test_static_clip(tau):
+    # The same frame repeated: every candidate (t + δ, p + o) has the patch of (t, p + o), so the
+    # weights repeat in every frame, the same pixel in another frame has weight 1, hence the centre
+    # weight max_{j≠i} w(i, j) = 1: every output frame is 2-D NL-means with w(i, i) = 1, whatever
+    # τ and however many frames the (clipped) window holds.
+    frame = RNG.random((8, 9)).astype(np.float32)
+    clip = np.stack([frame] * 4)
+    got = nl_means(clip, patch_size=3, search_size=5, h=0.15, sigma=0.05, video=True, temporal_radius=tau)
+    want = ref_nl_means_video(frame[None], 3, 5, 0, 0.15, 0.05, "gaussian", centre="one")[0]
+    for t in range(4):
+        np.testing.assert_allclose(got[t], want, atol=2e-5)
+    # ... which differs from frame-by-frame NL-means, whose centre weight is the max of the others.
+    assert np.abs(want - nl_means(frame, patch_size=3, search_size=5, h=0.15, sigma=0.05)).max() > 1e-3
+
+
+def test_space_time_search_denoises_a_moving_pattern_better():
+    # A textured frame translated by one pixel per frame: the other frames hold the same patches
+    # (with independent noise), so searching them averages more similar pixels.
+    from skimage import data, img_as_float
+
+    base = img_as_float(data.camera())[100:160, 100:180]
+    clean = np.stack([base[:, t:t + 64] for t in range(5)])       # (5, 60, 64), moving right to left
+    sigma = 0.1
+    noisy = (clean + sigma * np.random.default_rng(0).standard_normal(clean.shape)).astype(np.float32)
+    kwargs = dict(patch_size=5, search_size=7, h=0.8 * sigma, sigma=sigma, video=True)
+    frame_by_frame = psnr(nl_means(noisy, temporal_radius=0, **kwargs), clean)
+    space_time = psnr(nl_means(noisy, temporal_radius=2, **kwargs), clean)
+    assert space_time > frame_by_frame + 0.5
+
+
+@pytest.mark.parametrize("clip, tau", [(CLIP, 1), (CLIP, 2), (CLIP_COLOUR, 1), (CLIP[:2], 3)])
+def test_video_weights_match_reference(clip, tau):
+    P, S, h, sigma = 3, 5, 0.2, 0.05
+    K = ref_kernel(P, "gaussian")
+    frames = [ref_pad(np.asarray(f, np.float64), P, S) for f in clip]
+    out = nl_means(clip, patch_size=P, search_size=S, h=h, sigma=sigma, video=True, temporal_radius=tau)
+    T, H, W = clip.shape[:3]
+    for t, row, col in [(0, 0, 0), (T - 1, 3, 4), (T // 2, H - 1, W - 1)]:
+        w = nl_means_weights(clip, row, col, frame=t, patch_size=P, search_size=S, h=h, sigma=sigma,
+                             video=True, temporal_radius=tau)
+        assert w.shape == (2 * tau + 1, S, S)
+        assert abs(float(w.sum()) - 1.0) < 1e-5
+        want = ref_weights_video(frames, t, row, col, P, S, tau, h, sigma, K)
+        np.testing.assert_allclose(w, want / want.sum(), atol=1e-6)
+        for delta in range(-tau, tau + 1):                 # frames outside the clip: weight 0
+            if not 0 <= t + delta < T:
+                assert not w[tau + delta].any()
+        # The output pixel is the weighted average of its space-time window.
+        window = ref_window_video(frames, t, row, col, S, tau, P // 2 + S // 2)
+        np.testing.assert_allclose(out[t, row, col], np.tensordot(w, window, 3).squeeze(), atol=1e-5)
+
+
+def test_video_weights_with_temporal_radius_0_are_the_image_weights():
+    w = nl_means_weights(CLIP, 2, 3, frame=1, patch_size=3, search_size=5, h=0.2, video=True)
+    assert w.shape == (1, 5, 5)
+    np.testing.assert_allclose(w[0], nl_means_weights(CLIP[1], 2, 3, patch_size=3, search_size=5, h=0.2),
+                               atol=1e-7)
+
+
+def test_video_tensor_types():
+    for dtype in (torch.float32, torch.float64):
+        x = torch.from_numpy(CLIP_COLOUR).to(dtype)
+        y = nl_means(x, patch_size=3, search_size=5, h=0.2, video=True, temporal_radius=1)
+        assert isinstance(y, torch.Tensor) and y.dtype == dtype and y.shape == x.shape
+        np.testing.assert_allclose(
+            y.numpy(), nl_means(CLIP_COLOUR, patch_size=3, search_size=5, h=0.2, video=True, temporal_radius=1),
+            atol=1e-6)
+    w = nl_means_weights(torch.from_numpy(CLIP), 1, 2, frame=0, patch_size=3, search_size=5, h=0.2,
+                         video=True, temporal_radius=1)
+    assert isinstance(w, torch.Tensor) and w.shape == (3, 5, 5)
+
+
+@pytest.mark.parametrize(
+    "image, kwargs, match",
+    [
+        (CLIP, {"temporal_radius": -1}, "temporal_radius must be an int >= 0"),
+        (CLIP, {"temporal_radius": 1.0}, "temporal_radius must be an int >= 0"),
+        (CLIP, {"temporal_radius": 1.5}, "temporal_radius must be an int >= 0"),
+        (CLIP, {"temporal_radius": True}, "temporal_radius must be an int >= 0"),
+        (CLIP, {"temporal_radius": "1"}, "temporal_radius must be an int >= 0"),
+        (CLIP, {"temporal_radius": None}, "temporal_radius must be an int >= 0"),
+        (CLIP[0], {}, r"image must have shape \(T, H, W\) or \(T, H, W, 3\) with video=True"),
+        (np.zeros((2, 4, 4, 2), np.float32), {}, r"image must have shape \(T, H, W\)"),
+        (np.zeros((2, 2, 4, 4, 3), np.float32), {}, r"image must have shape \(T, H, W\)"),
+        (np.zeros((0, 4, 4), np.float32), {}, "image must be non-empty"),
+        (CLIP, {"video": 1}, "video must be True or False"),
+        (CLIP, {"video": "yes"}, "video must be True or False"),
+        (CLIP, {"patch_size": 4}, "patch_size"),
+        (CLIP, {"h": -1.0}, "h must be"),
+    ],
+)
+def test_video_bad_inputs(image, kwargs, match):
+    kwargs = {"patch_size": 3, "search_size": 5, "h": 0.1, "video": True, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        nl_means(image, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        nl_means_weights(image, 0, 0, frame=0, **kwargs)
+
+
+def test_video_needs_video_true():
+    # (T, H, W) would be read as an (H, W, 3) image if its last axis is 3: only video=True says "clip".
+    with pytest.raises(ValueError, match="temporal_radius=1 needs a clip: pass video=True"):
+        nl_means(CLIP, patch_size=3, search_size=5, h=0.1, temporal_radius=1)
+    with pytest.raises(ValueError, match=r"pass video=True"):
+        nl_means(np.zeros((2, 4, 4, 3), np.float32), patch_size=3, search_size=5, h=0.1)
+    with pytest.raises(ValueError, match=r"pass video=True"):
+        nl_means(CLIP, patch_size=3, search_size=5, h=0.1)   # (3, 9, 9): last axis is not 3 channels
+    ambiguous = RNG.random((4, 5, 3)).astype(np.float32)     # (H, W, 3) image or (T, H, W) clip
+    as_image = nl_means(ambiguous, patch_size=3, search_size=5, h=0.2)
+    np.testing.assert_allclose(as_image, ref_nl_means(ambiguous, 3, 5, 0.2, 0.0, "gaussian"), atol=2e-5)
+    as_clip = nl_means(ambiguous, patch_size=3, search_size=5, h=0.2, video=True)
+    np.testing.assert_allclose(as_clip, np.stack([nl_means(f, patch_size=3, search_size=5, h=0.2)
+                                                  for f in ambiguous]), atol=1e-6)
+
+
+def test_video_weights_bad_position():
+    kwargs = dict(patch_size=3, search_size=5, h=0.1)
+    with pytest.raises(ValueError, match="frame must be given with video=True"):
+        nl_means_weights(CLIP, 0, 0, video=True, **kwargs)
+    for frame in (3, -1, 1.0, True):
+        with pytest.raises(ValueError, match=r"frame must be an int in \[0, 3\)"):
+            nl_means_weights(CLIP, 0, 0, frame=frame, video=True, **kwargs)
+    with pytest.raises(ValueError, match="frame=0 needs a clip: pass video=True"):
+        nl_means_weights(GRAY, 0, 0, frame=0, **kwargs)
+    with pytest.raises(ValueError, match="row"):
+        nl_means_weights(CLIP, 9, 0, frame=0, video=True, **kwargs)
+
+
+def test_video_h_too_small_is_named():
+    # S = 1: the only candidates are the same pixel in the other frames.
+    with pytest.raises(ValueError, match=r"h=1e-06 is too small for float32"):
+        nl_means(CLIP, patch_size=3, search_size=1, h=1e-6, video=True, temporal_radius=1)
+    np.testing.assert_allclose(nl_means(CLIP, patch_size=3, search_size=1, h=1e-6, video=True), CLIP, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_video_cuda_matches_cpu():
+    x = torch.from_numpy(RNG.random((5, 20, 17, 3)).astype(np.float32))
+    kwargs = dict(patch_size=5, search_size=7, h=0.2, sigma=0.05, video=True, temporal_radius=2)
+    got = nl_means(x.cuda(), **kwargs)
+    assert got.is_cuda
+    np.testing.assert_allclose(got.cpu().numpy(), nl_means(x, **kwargs).numpy(), atol=1e-5)
+    w = nl_means_weights(x.cuda(), 3, 4, frame=1, **kwargs)
+    np.testing.assert_allclose(w.cpu().numpy(), nl_means_weights(x, 3, 4, frame=1, **kwargs).numpy(), atol=1e-6)

