@@ -19,6 +19,24 @@ vectors in O(N D + N^2) memory through the Gram matrix of the normalised vectors
 :math:`\sum_{i \ne j} \hat a_i^\top \hat a_j = \lVert \sum_i \hat a_i \rVert^2 - N`; so it never
 builds the N × N matrix. :func:`feature_vectors` turns a (B, C, *spatial) feature map into the
 (B, N, C) vectors of its positions.
+
+GCNet's own definition (§3.1 and Table 1 of the paper) differs in two ways, and
+:func:`gcnet_avg_dist` follows it: it averages over *all* :math:`N^2` ordered pairs, the
+:math:`N` pairs :math:`i = j` (distance 0) included, and it halves the cosine distance,
+
+.. math::
+
+    \mathrm{avg\_dist} = \frac{1}{N^2} \sum_{i=1}^{N} \sum_{j=1}^{N}
+        \frac{1 - \cos(v_i, v_j)}{2} = \frac{N-1}{2N}\, \bar d
+    \quad\text{(no zero vectors)},
+
+so it lies in [0, 1] for any vectors and in [0, 1/2] for non-negative ones. The paper applies
+it to the block's input :math:`x_i`, to its output *before fusion*
+:math:`z_i - x_i = W_z y_i` and to the attention maps.
+
+:func:`map_entropy` measures how spread out each map row is: :math:`H_i = -\sum_j a_{ij}
+\log a_{ij}`, and :math:`e^{H_i}` is the effective number of keys (:math:`N_s` for a uniform
+row, 1 for a one-hot row).
 """
 
 from __future__ import annotations
@@ -29,7 +47,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["feature_vectors", "mean_cosine_distance", "query_map", "upsample_map"]
+__all__ = ["feature_vectors", "gcnet_avg_dist", "map_entropy", "mean_cosine_distance", "query_map",
+           "upsample_map"]
+
+
+def _unit_vectors(vectors: Tensor, eps: float) -> Tensor:
+    """(B, N, D) vectors, N >= 2, normalised to unit length in float64 (zero vectors stay 0)."""
+    if not isinstance(vectors, Tensor) or vectors.dim() != 3:
+        shape = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
+        raise ValueError(f"vectors must be a (B, N, D) tensor, got {shape}")
+    if vectors.shape[1] < 2:
+        raise ValueError(f"vectors must hold N >= 2 vectors per sample to compare, got shape {tuple(vectors.shape)}")
+    v = vectors.detach().double()
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
 def mean_cosine_distance(vectors: Tensor, eps: float = 1e-12) -> Tensor:
@@ -44,18 +74,53 @@ def mean_cosine_distance(vectors: Tensor, eps: float = 1e-12) -> Tensor:
     Returns:
         (B,) tensor: :math:`\frac{1}{N(N-1)}\sum_{i\ne j} (1 - \cos(v_i, v_j))`, in float64.
     """
-    if not isinstance(vectors, Tensor) or vectors.dim() != 3:
-        shape = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
-        raise ValueError(f"vectors must be a (B, N, D) tensor, got {shape}")
-    B, N, D = vectors.shape
-    if N < 2:
-        raise ValueError(f"vectors must hold N >= 2 vectors per sample to compare, got shape {tuple(vectors.shape)}")
-    v = vectors.detach().double()
-    unit = v / v.norm(dim=-1, keepdim=True).clamp_min(eps)  # (B, N, D)
+    unit = _unit_vectors(vectors, eps)  # (B, N, D)
+    N = unit.shape[1]
     total = unit.sum(dim=1)  # (B, D): Σ_i â_i
     diag = (unit * unit).sum(dim=(1, 2))  # (B,): Σ_i ‖â_i‖² (N, or fewer for zero vectors)
     off_diagonal = (total * total).sum(dim=-1) - diag  # (B,): Σ_{i≠j} â_iᵀ â_j
     return 1.0 - off_diagonal / (N * (N - 1))
+
+
+def gcnet_avg_dist(vectors: Tensor, eps: float = 1e-12) -> Tensor:
+    r"""GCNet's average distance over all ordered pairs of positions, per sample.
+
+    Args:
+        vectors: (B, N, D), N >= 2 vectors per sample: attention maps (B, N, N_s), or
+            features from :func:`feature_vectors` (the input x, or z − x for the output
+            before fusion, as in the paper's Table 1).
+        eps: guards the normalisation of all-zero vectors; a zero vector has cosine 0 with
+            every vector, itself included (distance 1/2).
+
+    Returns:
+        (B,) tensor: :math:`\frac{1}{N^2}\sum_{i=1}^{N}\sum_{j=1}^{N} \frac{1 - \cos(v_i, v_j)}{2}`,
+        in float64, computed as :math:`\frac12 (1 - \lVert \sum_i \hat v_i \rVert^2 / N^2)`.
+    """
+    unit = _unit_vectors(vectors, eps)  # (B, N, D)
+    N = unit.shape[1]
+    total = unit.sum(dim=1)  # (B, D): Σ_i v̂_i
+    return 0.5 * (1.0 - (total * total).sum(dim=-1) / (N * N))  # Σ_{i,j} v̂_iᵀ v̂_j = ‖Σ_i v̂_i‖²
+
+
+def map_entropy(attention: Tensor) -> Tensor:
+    r"""Entropy of every row of attention maps, :math:`H_i = -\sum_j a_{ij} \log a_{ij}` (nats).
+
+    Args:
+        attention: (..., N_s) non-negative weights, one row per query (softmax rows sum to 1),
+            e.g. the (B, N, N_s) maps of ``NonLocalBlock(..., return_attention=True)``.
+
+    Returns:
+        (...) tensor in float64, with :math:`0 \log 0 = 0`; :math:`e^{H_i}` is the effective
+        number of keys, between 1 (one-hot row) and N_s (uniform row).
+    """
+    if not isinstance(attention, Tensor) or attention.dim() < 1 or attention.shape[-1] < 1:
+        shape = tuple(attention.shape) if isinstance(attention, Tensor) else type(attention).__name__
+        raise ValueError(f"attention must be a (..., N_s) tensor of weights, got {shape}")
+    a = attention.detach().double()
+    if bool((a < 0).any()) or not bool(torch.isfinite(a).all()):
+        raise ValueError("attention must hold finite, non-negative weights (rows of a softmax map)")
+    logs = torch.where(a > 0, a.log(), torch.zeros_like(a))  # 0 log 0 = 0
+    return -(a * logs).sum(dim=-1)
 
 
 def feature_vectors(x: Tensor) -> Tensor:

@@ -16,6 +16,15 @@ This is eq. (1)–(2) of the paper; the paper's s_ji normalises over the index o
 and C in the other roles, which is the same map up to the naming of the two learned
 convolutions. We name them as the official code does (B = query, C' = key).
 
+PAM is the embedded-Gaussian non-local operation with an unscaled softmax (scale 1, no
+1/√C_k). ``implementation`` picks how S D is computed: "naive" builds S, "fast" calls
+``F.scaled_dot_product_attention`` (``scale=1.0``, no N×N matrix), "auto" takes
+whichever the cost model of :func:`nltutorial.nonlocal_block.choose_implementation` finds
+cheaper for the shapes at hand; the three agree to float rounding. ``attention(x)`` always
+builds S.
+The default stays "naive" (the numbers recorded in the book) until the chapters are
+re-executed with "auto".
+
 Channel attention module (CAM), no convolution, A reshaped to (C, N)::
 
     X = softmax(A Aᵀ)             X_ij = exp(A_i · A_j) / Σ_j exp(A_i · A_j)        (C × C)
@@ -42,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from ._utils import check_image, reduced_channels
+from .nonlocal_block import IMPLEMENTATIONS, softmax_nonlocal
 
 __all__ = ["ChannelAttention", "DualAttention", "PositionAttention"]
 
@@ -56,16 +66,23 @@ class PositionAttention(nn.Module):
         rd_ratio: width of B and C' is C·rd_ratio (default 1/8, official code; paper: 1).
         rd_divisor, rd_channels: see :func:`nltutorial._utils.reduced_channels`.
         rd_rounding: "nearest" (default) or "floor" (⌊C/8⌋, the official ``in_dim // 8``).
+        implementation: "naive" (default: the explicit S), "fast" (SDPA, no N×N map) or "auto";
+            see the module docstring. An attribute: it can be changed on the instance.
 
     Shapes: (B, C, H, W) -> (B, C, H, W); the attention map is (B, N, N), N = H·W. x must
     have the parameters' dtype (see ``_utils.check_dtype``), as for every DANet module.
     """
 
+    implementation = "naive"  # class default: instances pickled before the option existed
+
     def __init__(self, channels: int, rd_ratio: float = 1 / 8, rd_divisor: int = 1,
-                 rd_channels: Optional[int] = None, rd_rounding: str = "nearest") -> None:
+                 rd_channels: Optional[int] = None, rd_rounding: str = "nearest", *,
+                 implementation: str = "naive") -> None:
         super().__init__()
         rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels, rd_rounding)
-        self.channels, self.rd_channels = channels, rd
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        self.channels, self.rd_channels, self.implementation = channels, rd, implementation
         self.query = nn.Conv2d(channels, rd, kernel_size=1)       # B
         self.key = nn.Conv2d(channels, rd, kernel_size=1)         # C'
         self.value = nn.Conv2d(channels, channels, kernel_size=1)  # D
@@ -79,13 +96,15 @@ class PositionAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_image(x, self.channels, module=self)
-        s = self.attention(x)                                     # (B, N, N)
-        d = self.value(x).flatten(2)                              # (B, C, N)
-        out = (d @ s.transpose(1, 2)).view_as(x)                  # (B, C, H, W): D Sᵀ
+        q, k, v = (conv(x).flatten(2).transpose(1, 2) for conv in (self.query, self.key, self.value))
+        # q = B (B, N, C_k), k = C' (B, N, C_k), v = D (B, N, C): y_i = Σ_j S_ij D_j, (B, N, C)
+        y = softmax_nonlocal(q, k, v, scale=1.0, implementation=self.implementation)
+        out = y.transpose(1, 2).contiguous().view_as(x)          # (B, C, H, W): D Sᵀ
         return self.gamma * out + x
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, rd_channels={self.rd_channels}"
+        impl = "" if self.implementation == "naive" else f", implementation={self.implementation!r}"
+        return f"channels={self.channels}, rd_channels={self.rd_channels}" + impl
 
 
 class ChannelAttention(nn.Module):

@@ -30,12 +30,12 @@ Initialisation (§4.1): the BatchNorm after W_z has weight and bias set to zero 
 ``bn_layer=False``, W_z itself is zero), so W_z y = 0 and the block is the identity
 z = x when it is inserted into a pre-trained network.
 
-Two implementations
--------------------
+Three implementations
+---------------------
 Write q_i = θ(x_i), k_j = φ(x_j), v_j = g(x_j) (for "gaussian", q_i = x_i and k_j = x_j).
 ``implementation="naive"`` builds the N×N_s matrix [f(x_i, x_j)] explicitly, as the
-paper's Fig. 2 draws it. ``implementation="fast"`` (the default) gives the same numbers,
-to float rounding, without ever storing that matrix:
+paper's Fig. 2 draws it. ``implementation="fast"`` gives the same numbers, to float
+rounding, without ever storing that matrix:
 
     mode             fast path                                           memory
     ---------------  --------------------------------------------------  ----------------
@@ -53,6 +53,49 @@ When no fused attention kernel accepts the head dimension (CUDA kernels stop at 
 d = 512 or 1024 happens with C = 1024 or 2048), the softmax modes run over chunks of
 queries. Chunks are recomputed in the backward pass (activation checkpointing), so
 training also keeps only one chunk×N_s block alive at a time.
+
+``implementation="auto"`` takes, call by call, whichever of the two is
+cheaper for the shapes at hand (:func:`choose_implementation`); the three agree to float
+rounding. The fused kernel is not free on a CPU: it recomputes q·k in the backward pass, and
+it needs one width for q, k and v, so for "gaussian" (dq = C, dv = d = C/2) v is padded to
+C. With gradients it does 14·max(dq, dv) float operations per (i, j) pair against
+6·(dq + dv) for the explicit products: 7/6 of them for equal widths, 14/9 for "gaussian"
+(this is why "gaussian" on its fast path is slower than the explicit map; a Python
+flash-style loop without the padding, 11/9, and checkpointed chunks of the explicit map,
+12/9, both measured slower than the padded C++ kernel). The explicit map pays instead for
+its memory traffic, m(p) per pair, which grows once the B·N·N_s map leaves the caches.
+Fused time / explicit time of the attention alone, forward + backward, by the number of
+pairs p = B·N·N_s (one thread of a 2-core AMD EPYC, 1 MiB L2, 16 MiB L3, torch 2.13, B = 2,
+q, k, v in the block's layout, the minimum of 5 to 11 interleaved runs):
+
+    dq : dv, where it occurs         2^15  2^17  2^19  2^21  2^23  2^25
+    ------------------------------   ----  ----  ----  ----  ----  ----
+    128 : 128  embedded, C = 256     1.24  1.16  1.11  1.11  0.86  0.89
+    256 : 128  gaussian, C = 256     1.76  1.70  1.49  1.61  1.30  1.23
+    8 : 64     PAM, SAGAN; C = 64    1.53  1.56  1.53  1.21  0.90  0.85
+    64 : 512   PAM, C = 512          2.00  2.03  2.05  2.00  1.90  1.83
+    32 : 32                          1.16  0.99  0.99  0.76  0.56  0.56
+    8 : 8      SAGAN ICML, C = 64    1.04  1.54  0.91  0.59  0.27  0.22
+    no gradients, 128 : 128          1.13  1.01  0.95  1.04  0.73  0.70
+    no gradients, 256 : 128          1.61  1.55  1.46  1.28  1.10  0.97
+
+:func:`choose_implementation` turns this into a cost per pair (its docstring has the
+formula; the constants ``MAP_TRAFFIC`` and ``COPY_COST`` are fitted to these runs) and
+picks the cheaper path; it agrees with every entry of the table above 1.05 or below 0.95
+(and with 104 of the 109 such runs, with and without gradients, at 16²..64²; the other 5
+are 8- and 32-wide embeddings at 2^17..2^19 pairs, 1 to 6 ms a call). Two bounds: below
+``AUTO_MIN_PAIRS`` (2^18) pairs per-call overheads decide and it builds the softmax map;
+above ``AUTO_MAX_PAIRS`` (2^26, a 256 MiB float32 map; the benchmark measured a training
+peak of about three maps, 460 MiB at 3.9·10^7 pairs) it takes the fast path to bound
+memory, even where the explicit map would still be faster ("gaussian", values wider than
+the keys). "dot" compares the
+explicit products with the reordered ones, 2(N + N_s)·dq·dv per call instead of
+2N·N_s·(dq + dv); "concatenation" always takes the fast path (its explicit form builds a
+(B, 2d, N, N_s) tensor and was 4 to 300 times slower wherever it was measured, at 16² and
+32²). Off the CPU "auto" takes the fast path (not measured there). The rule was measured
+in float32 on one thread of one machine; ``"fast"`` and ``"naive"`` force a path, and
+``benchmarks/bench_nonlocal.py`` measures the three, and the "Non-local_pytorch" layout,
+on the machine at hand.
 
 Checkpoint layout
 -----------------
@@ -86,10 +129,11 @@ from torch import Tensor, nn
 
 from ._utils import check_batch_norm, check_dtype, check_positive_int
 
-__all__ = ["NonLocalBlock", "MODES", "IMPLEMENTATIONS", "CONCAT_ALGORITHMS", "wake"]
+__all__ = ["NonLocalBlock", "MODES", "IMPLEMENTATIONS", "CONCAT_ALGORITHMS", "choose_implementation",
+           "softmax_nonlocal", "wake"]
 
 MODES = ("gaussian", "embedded", "dot", "concatenation")
-IMPLEMENTATIONS = ("fast", "naive")
+IMPLEMENTATIONS = ("auto", "fast", "naive")
 
 #: chunked paths process at most this many (batch × query × key) pairs at once
 #: (2**22 pairs: 16 MiB per float32 intermediate).
@@ -306,6 +350,89 @@ def concat_attention(q: Tensor, k: Tensor, v: Tensor, w_f: Tensor, chunk_size: O
 
 
 # --------------------------------------------------------------------------------------
+# implementation="auto": the explicit map or the fast path, whichever is cheaper here.
+# --------------------------------------------------------------------------------------
+
+#: "auto" never builds an explicit map of more than this many (B·N·N_s) elements: 2**26,
+#: 256 MiB in float32 (a training step holds about three such N×N_s tensors at its peak) ...
+AUTO_MAX_PAIRS = 2**26
+#: ... and always builds it below this many, where per-call overheads decide, not the pairs.
+AUTO_MIN_PAIRS = 2**18
+
+#: The cost model of "auto" on a CPU, in float operations at GEMM speed per (i, j) pair (see
+#: the module docstring). m(p), the explicit map's memory traffic and elementwise passes, grows
+#: as the map leaves the caches: (m up to 2**start pairs, increase per doubling of p, start,
+#: largest m), for a call with gradients (True) and without (False) ...
+MAP_TRAFFIC = {True: (60.0, 65.0, 21, 200.0), False: (70.0, 60.0, 20, 270.0)}
+#: ... and the cost per element of the fused path's copies to and from the kernel's layout.
+COPY_COST = 64.0
+
+
+def _map_traffic(pairs: int, grad: bool) -> float:
+    """m(p) of the cost model, from ``MAP_TRAFFIC``."""
+    low, slope, start, high = MAP_TRAFFIC[bool(grad)]
+    return min(high, low + slope * max(0.0, math.log2(max(pairs, 1)) - start))
+
+
+def choose_implementation(mode: str, batch: int, positions: int, keys: int, dq: int, dv: int, *,
+                          grad: bool = True, device: str = "cpu") -> str:
+    r"""The path ``implementation="auto"`` takes for these shapes: "naive" or "fast".
+
+    q (B, N, dq), k (B, Ns, dq), v (B, Ns, dv); ``grad``: the call is differentiated;
+    ``device``: a device type. Off the CPU, for "concatenation" and for maps of more than
+    ``AUTO_MAX_PAIRS`` elements it is "fast"; in the softmax modes, for fewer than
+    ``AUTO_MIN_PAIRS`` "naive". Otherwise the cheaper of two costs per (i, j) pair, in float
+    operations (measurements in the module docstring)::
+
+        explicit map                     (1 + 2g) · (2 (dq + dv) + m(p))
+        softmax modes, fused kernel      (2 + 5g) · 2w + (1 + g) · COPY_COST · (N + 2 Ns) w / (N Ns)
+        "dot", reordered y = q (kᵀv)/Ns  (1 + 2g) · 2 (N + Ns) dq dv / (N Ns)
+
+    g = 1 with gradients (a backward pass costs twice the forward; the fused kernel also
+    recomputes q·k), w = max(dq, dv) (the CPU kernel pads q, k and v to one width),
+    p = B·N·Ns and m(p) = ``_map_traffic(p, grad)``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    pairs = batch * positions * keys
+    if device != "cpu" or mode == "concatenation" or pairs > AUTO_MAX_PAIRS:
+        return "fast"
+    g = 1 if grad else 0
+    explicit = (1 + 2 * g) * (2 * (dq + dv) + _map_traffic(pairs, grad))
+    if mode == "dot":
+        fast = (1 + 2 * g) * 2 * (positions + keys) * dq * dv / (positions * keys)
+    elif pairs < AUTO_MIN_PAIRS:
+        return "naive"
+    else:
+        w = max(dq, dv)
+        fast = (2 + 5 * g) * 2 * w + (1 + g) * COPY_COST * (positions + 2 * keys) * w / (positions * keys)
+    return "naive" if explicit <= fast else "fast"
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def softmax_nonlocal(q: Tensor, k: Tensor, v: Tensor, scale: float = 1.0, implementation: str = "auto",
+                     chunk_size: Optional[int] = None) -> Tensor:
+    """y_i = Σ_j softmax_j(scale · q_i·k_j) v_j by the explicit map or the fused path.
+
+    q (B, N, dq), k (B, Ns, dq), v (B, Ns, dv) -> y (B, N, dv). ``implementation``: "naive"
+    (``attention_map(...) @ v``), "fast" (:func:`softmax_attention`, no N×Ns matrix) or "auto"
+    (:func:`choose_implementation`; "fast" whenever ``chunk_size`` is given).
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation == "auto":
+        implementation = "fast" if chunk_size is not None else choose_implementation(
+            "embedded", q.shape[0], q.shape[1], k.shape[1], q.shape[2], v.shape[2],
+            grad=_needs_grad(q, k, v), device=q.device.type)
+    if implementation == "naive":
+        return attention_map(q, k, "embedded", scale) @ v       # (B, N, dv)
+    return softmax_attention(q, k, v, scale, chunk_size)
+
+
+# --------------------------------------------------------------------------------------
 # The block.
 # --------------------------------------------------------------------------------------
 
@@ -332,10 +459,14 @@ class NonLocalBlock(nn.Module):
         attention_scale: the softmax modes compute softmax_j(s · θ_iᵀφ_j). The paper's
             s = 1 is the default; ``None`` uses the Transformer's 1/√(dq) (dq = d, or C for
             "gaussian"). Must stay 1 for "dot" and "concatenation".
-        implementation: "fast" (default) or "naive" (explicit N×N_s matrix, reference).
+        implementation: "fast" (default: never the N×N_s matrix), "auto" (per call, the
+            explicit map where it is cheaper and small, else "fast"; see
+            :func:`choose_implementation`) or "naive" (the explicit N×N_s matrix, the
+            reference).
         chunk_size: query rows per chunk for the chunked paths; ``None`` chooses so that a
             chunk holds at most ``CHUNK_PAIRS`` pairs. Giving it forces chunking in the
-            softmax modes (otherwise used only when no fused kernel fits).
+            softmax modes (otherwise used only when no fused kernel fits), and "auto" then
+            takes the fast path there.
         concat_algorithm: fast path of "concatenation": "sorted" (default; sort the key
             terms, suffix sums, O(N log N + N·d)) or "chunked" (broadcast ReLU(a_i + b_j)
             over chunks of queries, O(N·N_s·d) time, chunk×N_s memory).
@@ -517,6 +648,23 @@ class NonLocalBlock(nn.Module):
         f = self.concat_project(torch.cat([theta_ij, phi_ij], dim=1)).squeeze(1)  # (B, N, Ns)
         return (f / Ns) @ v
 
+    def _choose(self, batch: int, positions: int, keys: int, grad: bool, device: str) -> str:
+        """"naive" or "fast": the path of this call (``implementation`` resolved when "auto")."""
+        if self.implementation != "auto":
+            return self.implementation
+        if self.chunk_size is not None and self.mode in ("gaussian", "embedded"):
+            return "fast"                                       # chunks were asked for
+        dq = self.in_channels if self.mode == "gaussian" else self.inter_channels
+        return choose_implementation(self.mode, batch, positions, keys, dq, self.inter_channels,
+                                     grad=grad, device=device)
+
+    def implementation_for(self, x: Tensor) -> str:
+        """The path, "naive" or "fast", that ``forward(x)`` takes now (grad mode included)."""
+        self._check_input(x)
+        grad = _needs_grad(x, *self.parameters())
+        spatial = x.shape[2:]
+        return self._choose(x.shape[0], math.prod(spatial), self._key_positions(spatial), grad, x.device.type)
+
     def _fast(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self.mode == "dot":
             return dot_attention(q, k, v)
@@ -547,7 +695,7 @@ class NonLocalBlock(nn.Module):
                     f"raise max_attention_elements or use a smaller input")
             attn = attention_map(q, k, self.mode, self.softmax_scale(), self._w_f())
             y = attn @ v
-        elif self.implementation == "naive":
+        elif self._choose(B, q.shape[1], k.shape[1], _needs_grad(q, k, v), q.device.type) == "naive":
             y = self._naive(q, k, v)
         else:
             y = self._fast(q, k, v)

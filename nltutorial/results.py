@@ -21,6 +21,12 @@ without network.
 >>> runs = load_runs("cifar10_subset")                       # doctest: +SKIP
 >>> table = summarize(runs, "test_accuracy")                 # doctest: +SKIP
 >>> table["nl"]["mean"], table["nl"]["std"], table["nl"]["n"]  # doctest: +SKIP
+
+Sweeps in progress: ``load_runs(experiment, missing_ok=True)`` returns ``[]`` while no run is
+recorded, :func:`variant_rows` gives one row per expected variant (``n = 0`` for the ones
+still missing), and :func:`recorded` says whether a file (a ``model.pt``, say) is recorded
+yet. Studies with one run per variant (``results/<experiment>/<variant>/summary.json``, no
+seed folders) load with :func:`load_variants`.
 """
 
 from __future__ import annotations
@@ -31,10 +37,11 @@ import json
 import math
 import os
 import re
+import statistics
 from pathlib import Path, PurePosixPath
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from ._download import DiskFullError, check_seconds, download
+from ._download import DiskFullError, check_seconds, download, file_sha256
 
 __all__ = [
     "MANIFEST",
@@ -43,10 +50,13 @@ __all__ = [
     "fetch_results_file",
     "find_results_dir",
     "load_runs",
+    "load_variants",
     "parse_manifest",
     "read_manifest",
+    "recorded",
     "results_file",
     "summarize",
+    "variant_rows",
     "write_manifest",
 ]
 
@@ -69,14 +79,6 @@ class ResultsError(RuntimeError):
 
 class _FetchError(ResultsError):
     """The network (or the server) failed: a cached copy may stand in."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def find_results_dir() -> Optional[Path]:
@@ -147,7 +149,7 @@ def write_manifest(folder) -> Path:
     folder = Path(folder)
     names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
                    if p.is_file() and p.name != MANIFEST and p.name.endswith(RECORDED))
-    text = "".join(f"{_sha256(folder / n)}  {n}\n" for n in names)
+    text = "".join(f"{file_sha256(folder / n)}  {n}\n" for n in names)
     path = folder / MANIFEST
     tmp = path.with_name(f".{MANIFEST}.tmp")
     tmp.write_text(text)
@@ -220,7 +222,7 @@ def fetch_results_file(name: str, url: Optional[str] = None, cache: Optional[Pat
     if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256 or ""):
         raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
     sha256 = sha256.lower()
-    if target.is_file() and _sha256(target) == sha256:
+    if target.is_file() and file_sha256(target) == sha256:
         return target
     return _fetch(url + rel.as_posix(), target, sha256, timeout, deadline)
 
@@ -238,7 +240,7 @@ def _verified_local(folder: Path, rel: PurePosixPath) -> Path:
     if not path.is_file():
         raise ResultsError(f"{path} is missing but listed in {folder / MANIFEST}: restore it (git checkout) "
                            f"or run the command recorded in results/README.md")
-    if _sha256(path) != manifest[rel.as_posix()]:
+    if file_sha256(path) != manifest[rel.as_posix()]:
         raise ResultsError(f"{path} has changed: its sha256 does not match {folder / MANIFEST}; restore it "
                            f"(git checkout), or {rewrite}")
     return path
@@ -260,11 +262,30 @@ def _manifest_names() -> List[str]:
     return sorted(_remote_manifest(_check_url(RESULTS_URL), _cache_dir(), 30.0, RESULTS_DEADLINE))
 
 
-def load_runs(experiment: str) -> List[dict]:
+def recorded(name: str) -> bool:
+    """Whether ``results/<name>`` is a recorded file: listed in the manifest (local, or fetched)."""
+    return _check_relative(name).as_posix() in set(_manifest_names())
+
+
+def _read_run(folder: str) -> Tuple[dict, List[dict]]:
+    """(parsed summary.json, metrics.jsonl rows) of the recorded run in ``results/<folder>/``."""
+    summary = json.loads(results_file(folder + "/summary.json").read_text())
+    lines = results_file(folder + "/metrics.jsonl").read_text().splitlines()
+    return summary, [json.loads(line) for line in lines if line.strip()]
+
+
+def _no_runs(prefix: str, missing_ok: bool) -> List[dict]:
+    if missing_ok:
+        return []
+    raise ResultsError(f"no runs found under results/{prefix}")
+
+
+def load_runs(experiment: str, missing_ok: bool = False) -> List[dict]:
     """Every run under ``results/<experiment>/<variant>/seed<k>/``, sorted by variant and seed.
 
     Each run is a dict: ``variant``, ``seed`` (int), ``summary`` (the parsed summary.json)
-    and ``metrics`` (the list of per-epoch dicts of metrics.jsonl).
+    and ``metrics`` (the list of per-epoch dicts of metrics.jsonl). Without any recorded run:
+    ResultsError, or ``[]`` with ``missing_ok=True`` (a sweep that has not recorded one yet).
     """
     prefix = _check_relative(experiment).as_posix() + "/"
     runs = []
@@ -275,13 +296,29 @@ def load_runs(experiment: str) -> List[dict]:
         variant, seed = parts[1], parts[2]
         if not seed.startswith("seed") or not seed[4:].isdigit():
             continue
-        summary = json.loads(results_file(name).read_text())
-        lines = results_file(name[: -len("summary.json")] + "metrics.jsonl").read_text().splitlines()
-        runs.append({"variant": variant, "seed": int(seed[4:]), "summary": summary,
-                     "metrics": [json.loads(line) for line in lines if line.strip()]})
+        summary, metrics = _read_run(name[: -len("/summary.json")])
+        runs.append({"variant": variant, "seed": int(seed[4:]), "summary": summary, "metrics": metrics})
     if not runs:
-        raise ResultsError(f"no runs found under results/{prefix}")
+        return _no_runs(prefix, missing_ok)
     return sorted(runs, key=lambda r: (r["variant"], r["seed"]))
+
+
+def load_variants(experiment: str, missing_ok: bool = False) -> List[dict]:
+    """Every run of a study with one run per variant: ``results/<experiment>/<variant>/``.
+
+    Each run is a dict: ``variant``, ``summary`` and ``metrics`` (as in :func:`load_runs`),
+    sorted by variant. Without any: ResultsError, or ``[]`` with ``missing_ok=True``.
+    """
+    prefix = _check_relative(experiment).as_posix() + "/"
+    runs = []
+    for name in _manifest_names():
+        parts = name.split("/")
+        if name.startswith(prefix) and len(parts) == 3 and parts[-1] == "summary.json":
+            summary, metrics = _read_run(name[: -len("/summary.json")])
+            runs.append({"variant": parts[1], "summary": summary, "metrics": metrics})
+    if not runs:
+        return _no_runs(prefix, missing_ok)
+    return sorted(runs, key=lambda r: r["variant"])
 
 
 def summarize(runs: Iterable[dict], key: str = "test_accuracy") -> Dict[str, dict]:
@@ -299,6 +336,37 @@ def summarize(runs: Iterable[dict], key: str = "test_accuracy") -> Dict[str, dic
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
         out[variant] = {"mean": mean, "std": std, "n": n, "values": values}
     return out
+
+
+def variant_rows(runs: Iterable[dict], variants: Iterable[str], baseline: str = "none",
+                 key: str = "test_accuracy") -> List[dict]:
+    """One row per name of ``variants``, in that order, from the runs of :func:`load_runs`.
+
+    A row is a dict: ``variant``; ``n`` (recorded seeds) and ``seeds`` (their numbers);
+    ``mean`` and ``std`` of ``summary[key]`` over the seeds (as :func:`summarize`);
+    ``delta`` = mean − the mean of ``baseline``; ``params`` and ``flops`` of the summary;
+    ``epoch_seconds``, the median of ``epoch_seconds`` over every recorded epoch of every seed
+    (robust to a few epochs slowed down by other jobs). A variant without a recorded run has
+    ``n = 0``, ``seeds = []`` and None everywhere else; so has ``delta`` without a baseline run.
+    """
+    runs = list(runs)
+    stats = summarize(runs, key) if runs else {}
+    base = stats.get(baseline, {}).get("mean")
+    rows = []
+    for variant in variants:
+        mine = [r for r in runs if r["variant"] == variant]
+        row = {"variant": variant, "n": len(mine), "seeds": sorted(r["seed"] for r in mine), "mean": None,
+               "std": None, "delta": None, "params": None, "flops": None, "epoch_seconds": None}
+        if mine:
+            seconds = [m["epoch_seconds"] for r in mine for m in r["metrics"]
+                       if m.get("epoch_seconds") is not None]
+            mean = stats[variant]["mean"]
+            row.update(mean=mean, std=stats[variant]["std"], params=mine[0]["summary"].get("params"),
+                       flops=mine[0]["summary"].get("flops"),
+                       epoch_seconds=statistics.median(seconds) if seconds else None,
+                       delta=None if base is None else mean - base)
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":  # python -m nltutorial.results [FOLDER]: rewrite the manifest

@@ -26,6 +26,11 @@ Options (defaults: the arXiv v1 form, h: C → C, no pooling)
   code's ``sn_conv1x1`` has none: its form is
   ``SelfAttention2d(C, value_rd_ratio=1/2, pool=True, spectral_norm=True, bias=False,
   rd_rounding="floor")``.
+* ``implementation`` (default "naive"): how o = Σ β h is computed: "naive" builds β,
+  "fast" calls ``F.scaled_dot_product_attention`` with ``scale=1.0`` (the softmax is
+  unscaled) and never stores β, "auto" takes whichever the cost model of
+  :func:`nltutorial.nonlocal_block.choose_implementation` finds cheaper for the shapes at
+  hand. They agree to float rounding; ``attention(x)`` always builds β.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._utils import check_image, reduced_channels
+from .nonlocal_block import IMPLEMENTATIONS, softmax_nonlocal
 
 __all__ = ["SelfAttention2d"]
 
@@ -54,17 +60,24 @@ class SelfAttention2d(nn.Module):
         bias: biases on the 1×1 convolutions (default True; the official code has none).
         rd_rounding: "nearest" (default) or "floor" (⌊C/8⌋, the official ``C // 8``), for the
             widths of f, g and h.
+        implementation: "naive" (default: the explicit β), "fast" (SDPA, no N×N_k map) or "auto";
+            an attribute, it can be changed on the instance.
 
     Shapes: (B, C, H, W) -> (B, C, H, W); attention map (B, N, N_k), N_k = N or ⌊H/2⌋⌊W/2⌋.
     x of the parameters' dtype (see ``_utils.check_dtype``).
     """
 
+    implementation = "naive"  # class default: instances pickled before the option existed
+
     def __init__(self, channels: int, rd_ratio: float = 1 / 8, rd_divisor: int = 1,
                  rd_channels: Optional[int] = None, value_rd_ratio: Optional[float] = None,
                  pool: bool = False, spectral_norm: bool = False, bias: bool = True,
-                 rd_rounding: str = "nearest") -> None:
+                 rd_rounding: str = "nearest", *, implementation: str = "naive") -> None:
         super().__init__()
         rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels, rd_rounding)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        self.implementation = implementation
         self.channels, self.rd_channels, self.pool, self.bias = channels, rd, bool(pool), bool(bias)
         if value_rd_ratio is None:
             self.value_channels = channels
@@ -106,8 +119,10 @@ class SelfAttention2d(nn.Module):
         self._check(x)
         k, v = self._keys_values(x)
         q = self.g(x).flatten(2)                                            # (B, C̄, N)
-        beta = torch.softmax(q.transpose(1, 2) @ k, dim=-1)                 # (B, N, N_k)
-        o = (v @ beta.transpose(1, 2)).unflatten(2, x.shape[2:])            # (B, C_v, H, W)
+        # o_j = Σ_i β_j,i h(x_i) with β = softmax(g(x)ᵀ f(x)), unscaled: (B, N, C_v)
+        o = softmax_nonlocal(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=1.0,
+                             implementation=self.implementation)
+        o = o.transpose(1, 2).contiguous().unflatten(2, x.shape[2:])        # (B, C_v, H, W)
         if self.v is not None:
             o = self.v(o)                                                   # (B, C, H, W)
         return self.gamma * o + x
@@ -115,4 +130,5 @@ class SelfAttention2d(nn.Module):
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, rd_channels={self.rd_channels}, "
                 f"value_channels={self.value_channels}, pool={self.pool}"
-                + ("" if self.bias else ", bias=False"))
+                + ("" if self.bias else ", bias=False")
+                + ("" if self.implementation == "naive" else f", implementation={self.implementation!r}"))

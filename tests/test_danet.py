@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nltutorial.danet import ChannelAttention, DualAttention, PositionAttention
+from nltutorial.nonlocal_block import IMPLEMENTATIONS
 
 from conftest import randomize_
 
@@ -126,3 +127,74 @@ def test_bad_input():
         for bad in (torch.randn(16, 5, 5), torch.randn(1, 8, 5, 5)):
             with pytest.raises(ValueError, match="x must"):
                 block(bad)
+
+
+# ---- how S D is computed: "naive" (explicit S), "fast" (SDPA, scale 1), "auto" ----------------------
+
+
+def plain_pam(x, pam):
+    """E = γ D softmax_j(Bᵀ C')ᵀ + A with einsum, differentiable: the formula, batched."""
+    conv = lambda c, t: torch.einsum("oc,bcn->bon", c.weight[:, :, 0, 0], t) + c.bias[:, None]  # noqa: E731
+    a = x.flatten(2)                                                   # (B, C, N)
+    b, c, d = conv(pam.query, a), conv(pam.key, a), conv(pam.value, a)
+    s = torch.softmax(torch.einsum("bki,bkj->bij", b, c), dim=-1)       # (B, N, N), unscaled
+    return (pam.gamma * torch.einsum("bij,bcj->bci", s, d) + a).view_as(x)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("shape", [(2, 8, 5, 7), (1, 8, 9, 8)])
+def test_pam_every_implementation_matches_paper_equation(implementation, shape):
+    pam = randomize_(PositionAttention(8, rd_ratio=1 / 4, implementation=implementation))
+    x = torch.randn(shape, dtype=torch.float64) * 0.5
+    torch.testing.assert_close(pam(x), ref_pam(x, pam))
+
+
+@pytest.mark.parametrize("channels, rd_ratio, side", [(16, 1 / 8, 5), (16, 1 / 8, 20), (64, 1, 18), (64, 1 / 8, 18)])
+def test_pam_implementations_agree_outputs_and_gradients(channels, rd_ratio, side):
+    """Small and large maps, narrow and wide keys: the fast path (padded to one width), the
+    explicit map and "auto" against the einsum formula, values and every gradient."""
+    pam = randomize_(PositionAttention(channels, rd_ratio=rd_ratio))
+    x = (torch.randn(2, channels, side, side + 1, dtype=torch.float64) * 0.3).requires_grad_()
+    g = torch.randn(x.shape, dtype=torch.float64)
+    wanted = [x, *pam.parameters()]
+    expected = torch.autograd.grad(plain_pam(x, pam), wanted, g)
+    s_scaled = torch.softmax(pam.attention(x).log() / math.sqrt(pam.rd_channels), dim=-1)
+    assert (s_scaled - pam.attention(x)).abs().max() > 1e-2          # the scale matters for these weights
+    for implementation in IMPLEMENTATIONS:
+        pam.implementation = implementation
+        y = pam(x)
+        torch.testing.assert_close(y, plain_pam(x, pam))
+        for a, b in zip(torch.autograd.grad(y, wanted, g), expected):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("implementation", ["fast", "naive"])
+def test_pam_fast_path_keeps_no_map_for_backward(implementation):
+    pam = PositionAttention(16, implementation=implementation)
+    with torch.no_grad():
+        pam.gamma.fill_(1.0)
+    x = torch.randn(1, 16, 16, 16, requires_grad=True)
+    sizes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+        y = pam(x)
+    y.sum().backward()
+    N = 16 * 16
+    assert (max(sizes) < N * N // 4) == (implementation == "fast")
+
+
+def test_pam_implementation_is_validated_and_not_part_of_the_state():
+    with pytest.raises(ValueError, match="implementation"):
+        PositionAttention(16, implementation="slow")
+    pam = PositionAttention(16)
+    assert pam.implementation == "naive" and "implementation" not in repr(pam)
+    assert sorted(pam.state_dict()) == ["gamma", "key.bias", "key.weight", "query.bias", "query.weight",
+                                        "value.bias", "value.weight"]
+    fast = PositionAttention(16, implementation="fast")
+    fast.load_state_dict(pam.state_dict(), strict=True)
+    assert "implementation='fast'" in repr(fast)
+    fast.implementation = "other"
+    with pytest.raises(ValueError, match="implementation"):
+        fast(torch.randn(1, 16, 4, 4))
+    del pam.implementation                                 # as a module pickled before the option existed
+    x = torch.randn(1, 16, 4, 4)
+    assert pam.implementation == "naive" and torch.equal(pam(x), x)

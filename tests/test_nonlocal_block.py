@@ -3,6 +3,7 @@ independent reference in the "Non-local_pytorch" checkpoint layout, gradients, v
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -11,7 +12,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from nltutorial.nonlocal_block import MODES, NonLocalBlock, relu_pairs_sorted, wake
+from nltutorial.nonlocal_block import (IMPLEMENTATIONS, MODES, NonLocalBlock, choose_implementation,
+                                       relu_pairs_sorted, wake)
 from nltutorial.video_models import video_resnet
 
 
@@ -117,7 +119,7 @@ def rand_x(dim, B=2, C=6, dtype=torch.float64, seed=1, shape=None):
 
 @pytest.mark.parametrize("dim,mode,sub_sample,bn_layer", itertools.product(DIMS, MODES, (True, False), (True, False)))
 def test_fast_equals_naive_equals_reference(dim, mode, sub_sample, bn_layer):
-    block, ref = make_pair(dim, mode, sub_sample, bn_layer)
+    block, ref = make_pair(dim, mode, sub_sample, bn_layer, implementation="fast")
     x = rand_x(dim)
     with torch.no_grad():
         expected = ref(x)
@@ -126,11 +128,14 @@ def test_fast_equals_naive_equals_reference(dim, mode, sub_sample, bn_layer):
         chunked = block(x)
         block.implementation = "naive"
         naive = block(x)
+        block.implementation = "auto"
+        auto = block(x)
     assert fast.shape == x.shape
     assert (expected - x).abs().max() > 1e-3  # the block really does something
     torch.testing.assert_close(naive, expected, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(fast, expected, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(chunked, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(auto, expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("dim,mode,sub_sample,bn_layer", itertools.product(DIMS, MODES, (True, False), (True, False)))
@@ -171,7 +176,8 @@ def test_attention_scale_none_is_inverse_sqrt_d(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_large_inter_channels_matches_naive(mode):
     torch.manual_seed(0)
-    block = randomise(NonLocalBlock(16, 512, 2, mode, sub_sample=False, concat_algorithm="chunked")).double()
+    block = randomise(NonLocalBlock(16, 512, 2, mode, sub_sample=False, concat_algorithm="chunked",
+                                    implementation="fast")).double()
     x = torch.randn(2, 16, 4, 4, dtype=torch.float64)
     with torch.no_grad():
         fast = block(x)
@@ -186,7 +192,8 @@ def test_large_inter_channels_matches_naive(mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("chunk_size", [None, 4])
 def test_chunked_fast_path_matches_reference(mode, chunk_size):
-    block, ref = make_pair(2, mode, False, True, chunk_size=chunk_size, concat_algorithm="chunked")
+    block, ref = make_pair(2, mode, False, True, chunk_size=chunk_size, concat_algorithm="chunked",
+                           implementation="fast")
     x = rand_x(2, shape=(3, 5))
     torch.testing.assert_close(block(x), ref(x))
 
@@ -242,7 +249,7 @@ def test_query_split_over_threads_matches_reference(mode, monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        block, ref = make_pair(2, mode, False, True)
+        block, ref = make_pair(2, mode, False, True, implementation="fast")
         x = rand_x(2, B=1, shape=(3, 5)).requires_grad_()  # N = 15 rows: 3 heads of 5
         assert torch.autograd.gradcheck(block, (x,), eps=1e-6, atol=1e-5)
         z = block(x)
@@ -254,7 +261,7 @@ def test_query_split_over_threads_matches_reference(mode, monkeypatch):
         for a, b in zip(grads, grads_ref):
             torch.testing.assert_close(a, b)
         # ... and still no N×N matrix: the fused kernel needs a stride-1 last dim in every head
-        block = NonLocalBlock(8, 4, 2, mode, sub_sample=False)
+        block = NonLocalBlock(8, 4, 2, mode, sub_sample=False, implementation="fast")
         x = torch.randn(1, 8, 16, 16, requires_grad=True)
         sizes = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
@@ -271,7 +278,7 @@ def test_query_split_over_threads_matches_reference(mode, monkeypatch):
 
 @pytest.mark.parametrize("dim,mode", itertools.product(DIMS, MODES))
 def test_gradcheck_fast_path(dim, mode):
-    block = randomise(NonLocalBlock(4, 2, dim, mode, sub_sample=dim != 1)).double()
+    block = randomise(NonLocalBlock(4, 2, dim, mode, sub_sample=dim != 1, implementation="fast")).double()
     shape = {1: (5,), 2: (4, 4), 3: (2, 4, 4)}[dim]
     x = torch.randn(2, 4, *shape, dtype=torch.float64, requires_grad=True)
     names = [n for n, p in block.named_parameters()]
@@ -286,9 +293,153 @@ def test_gradcheck_fast_path(dim, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_gradcheck_chunked_path(mode):
     block = randomise(NonLocalBlock(4, 2, 2, mode, sub_sample=False, chunk_size=3,
-                                    concat_algorithm="chunked")).double()
+                                    concat_algorithm="chunked", implementation="fast")).double()
     x = torch.randn(1, 4, 2, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(block, (x,), eps=1e-6, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------
+# implementation="auto": the rule, and the paths it takes agree with the other two
+# --------------------------------------------------------------------------------------
+
+
+def plain_rule(mode, B, N, Ns, dq, dv, grad=True, device="cpu"):
+    """The cost model of the module docstring, restated: cheaper of the explicit and the fast path."""
+    p = B * N * Ns
+    if device != "cpu" or mode == "concatenation" or p > 2**26:
+        return "fast"
+    low, slope, start, high = (60, 65, 21, 200) if grad else (70, 60, 20, 270)
+    m = min(high, low + slope * max(0, math.log2(p) - start))
+    passes = 3 if grad else 1
+    explicit = passes * (2 * dq + 2 * dv + m)
+    if mode == "dot":
+        fast = passes * 2 * (N + Ns) * dq * dv / (N * Ns)
+    elif p < 2**18:
+        return "naive"
+    else:
+        w = max(dq, dv)
+        fast = (7 if grad else 2) * 2 * w + (2 if grad else 1) * 64 * (N + 2 * Ns) * w / (N * Ns)
+    return "naive" if explicit <= fast else "fast"
+
+
+def test_choose_implementation_follows_the_cost_model():
+    shapes = itertools.product(MODES, (1, 2, 8), (64, 256, 1024, 4096), (1, 4), (8, 64, 256), (8, 128),
+                               (True, False))
+    seen = set()
+    for mode, B, N, pool, dq, dv, grad in shapes:
+        got = choose_implementation(mode, B, N, N // pool, dq, dv, grad=grad)
+        assert got == plain_rule(mode, B, N, N // pool, dq, dv, grad), (mode, B, N, pool, dq, dv, grad)
+        seen.add((mode, got))
+    assert {m for m, path in seen if path == "naive"} == {"gaussian", "embedded", "dot"}
+    assert {m for m, path in seen if path == "fast"} == set(MODES)
+    assert choose_implementation("embedded", 2, 64, 64, 128, 128, device="cuda") == "fast"
+    assert choose_implementation("embedded", 2, 64, 64, 128, 128, device="meta") == "fast"
+    with pytest.raises(ValueError, match="mode"):
+        choose_implementation("softmax", 2, 64, 64, 8, 8)
+
+
+def test_auto_picks_what_the_measurements_found():
+    """The benchmark's shapes (C=256, d=128, B=2): the decisions the module docstring reports."""
+    n = {s: s * s for s in (16, 32, 64, 128)}
+    pick = lambda mode, side, pool, **kw: choose_implementation(  # noqa: E731
+        mode, 2, n[side], n[side] // pool, 256 if mode == "gaussian" else 128, 128, **kw)
+    assert pick("embedded", 32, 1) == pick("embedded", 32, 4) == pick("embedded", 16, 4) == "naive"
+    assert pick("embedded", 64, 1) == pick("embedded", 64, 4) == "fast"   # the map outgrows the caches
+    assert pick("embedded", 32, 1, grad=False) == "fast"                   # no recomputation without grad
+    assert pick("gaussian", 64, 1) == pick("gaussian", 64, 4) == "naive"  # fused: w = 256 for d = 128
+    assert pick("gaussian", 128, 1) == pick("gaussian", 128, 4) == "fast"  # > AUTO_MAX_PAIRS: memory
+    assert choose_implementation("gaussian", 1, 8 * 28 * 28, 8 * 28 * 28, 256, 128) == "naive"  # 3.9e7 pairs
+    assert pick("dot", 16, 4) == "naive" and pick("dot", 16, 1) == pick("dot", 64, 4) == "fast"
+    assert all(pick("concatenation", s, p) == "fast" for s in n for p in (1, 4))
+
+
+@pytest.fixture
+def taken(monkeypatch):
+    """Record which private path, _naive or _fast, each NonLocalBlock call ran."""
+    calls = []
+    for name in ("_naive", "_fast"):
+        original = getattr(NonLocalBlock, name)
+
+        def spy(self, *args, _original=original, _name=name):
+            calls.append(_name[1:])
+            return _original(self, *args)
+
+        monkeypatch.setattr(NonLocalBlock, name, spy)
+    return calls
+
+
+#: (C, d, shape): tiny maps (p < AUTO_MIN_PAIRS: the softmax map), and maps of 1024 positions,
+#: with narrow (d = 3, 8: the fused kernel or the reordered dot wins) and wide (d = 128) embeddings
+AUTO_CASES = {"small": (6, 3, None), "small-wide": (256, 128, None), "large-narrow": (16, 8, "large"),
+              "large-wide": (256, 128, "large")}
+LARGE = {1: (1024,), 2: (32, 32), 3: (4, 16, 16)}
+#: the path "auto" takes there: softmax modes, "dot" (concatenation: always "fast")
+AUTO_EXPECTED = {"small": ("naive", "fast"), "small-wide": ("naive", "naive"), "large-narrow": ("fast", "fast"),
+                 "large-wide": ("naive", "fast")}
+
+
+def outputs_and_grads(block, x, grad_z):
+    block.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    z = block(x)
+    z.backward(grad_z)
+    return [z, x.grad] + [p.grad for p in block.parameters()]
+
+
+@pytest.mark.parametrize("case", list(AUTO_CASES))
+@pytest.mark.parametrize("dim,mode,sub_sample", itertools.product(DIMS, MODES, (True, False)))
+def test_auto_fast_naive_agree_outputs_and_gradients(dim, mode, sub_sample, case, taken):
+    C, d, shape = AUTO_CASES[case]
+    if mode == "concatenation" and shape:              # the explicit form builds (B, 2d, N, Ns): keep d small
+        if d == 128:
+            pytest.skip("auto takes the fast path for concatenation whatever the widths")
+        C, d = 4, 2
+    block, ref = make_pair(dim, mode, sub_sample, True, C=C, d=d)
+    x = rand_x(dim, C=C, shape=shape and LARGE[dim])
+    grad_z = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=x.dtype)
+    results = {}
+    for implementation in IMPLEMENTATIONS:
+        block.implementation = implementation
+        taken.clear()
+        results[implementation] = outputs_and_grads(block, x, grad_z)
+        assert taken == [implementation if implementation != "auto" else block.implementation_for(x)]
+    expected = "fast" if mode == "concatenation" else AUTO_EXPECTED[case][mode == "dot"]
+    block.implementation = "auto"
+    assert block.implementation_for(x) == expected
+    torch.testing.assert_close(results["naive"][0], ref(x), rtol=1e-10, atol=1e-10)
+    assert len(results["auto"]) == len(list(block.parameters())) + 2
+    for other in ("fast", "auto"):
+        for a, b in zip(results[other], results["naive"]):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_auto_follows_grad_mode_and_chunk_size():
+    block = NonLocalBlock(256, mode="embedded", sub_sample=False, implementation="auto")
+    x = torch.randn(1, 256, 32, 32)                       # p = 2**20: naive with gradients, fast without
+    assert block.implementation_for(x) == "naive"
+    with torch.no_grad():
+        assert block.implementation_for(x) == "fast"
+    block.requires_grad_(False)
+    assert block.implementation_for(x) == "fast"
+    assert block.implementation_for(x.requires_grad_()) == "naive"
+    chunked = NonLocalBlock(256, mode="embedded", sub_sample=False, chunk_size=64,
+                            implementation="auto")
+    assert chunked.implementation_for(x) == "fast"        # chunks asked for: the fast path
+    block.implementation = "naive"
+    assert block.implementation_for(x) == "naive"
+    assert NonLocalBlock(8, implementation="auto").implementation_for(torch.randn(0, 8, 4, 4)) == "naive"   # empty batch: no pairs
+
+
+def test_the_default_path_and_every_other_are_stored_alike():
+    block = NonLocalBlock(8)
+    assert block.implementation == "fast" and "implementation='fast'" in repr(block)
+    for implementation in IMPLEMENTATIONS:
+        other = NonLocalBlock(8, implementation=implementation)
+        other.load_state_dict(block.state_dict(), strict=True)  # the path is no part of the state
+        assert list(other.state_dict()) == list(block.state_dict())
+        block.implementation = implementation
+        assert copy.deepcopy(block).implementation == implementation
+        assert f"implementation={implementation!r}" in repr(block)
 
 
 # --------------------------------------------------------------------------------------
@@ -298,6 +449,7 @@ def test_gradcheck_chunked_path(mode):
 
 @pytest.mark.parametrize("dim,mode,bn_layer", itertools.product(DIMS, MODES, (True, False)))
 def test_identity_at_initialisation(dim, mode, bn_layer):
+    torch.manual_seed(0)  # not the order of the tests: "concatenation" can be all ReLU(·) = 0 for a draw
     block = NonLocalBlock(6, dimension=dim, mode=mode, bn_layer=bn_layer)
     x = rand_x(dim, dtype=torch.float32).requires_grad_()
     for train in (True, False):
@@ -360,7 +512,7 @@ def test_return_attention(dim, mode):
 
 
 @pytest.mark.parametrize("mode", [*MODES, "concatenation/chunked"])
-@pytest.mark.parametrize("implementation", ["fast", "naive"])
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_autocast_bf16_large_inputs_finite(mode, implementation):
     torch.manual_seed(0)
     mode, _, algorithm = mode.partition("/")
@@ -431,7 +583,8 @@ def test_bad_inputs():
 @pytest.mark.parametrize("inter_channels", [64, 512])
 def test_cuda_fast_matches_naive(mode, inter_channels):
     torch.manual_seed(0)
-    block = randomise(NonLocalBlock(2 * inter_channels, inter_channels, 2, mode, sub_sample=True)).cuda()
+    block = randomise(NonLocalBlock(2 * inter_channels, inter_channels, 2, mode, sub_sample=True,
+                                    implementation="fast")).cuda()
     x = torch.randn(2, 2 * inter_channels, 16, 16, device="cuda", requires_grad=True)
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False

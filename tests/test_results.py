@@ -4,6 +4,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import re
 import statistics
 import time
@@ -70,6 +71,56 @@ def test_load_and_summarize(tmp_path, monkeypatch):
         R.summarize(runs, "flops")
     with pytest.raises(ValueError, match="relative path inside results/"):
         R.load_runs("../etc")
+
+
+def test_sweep_in_progress_rows_recorded_and_studies(tmp_path, monkeypatch):
+    """variant_rows against plain per-variant statistics; missing variants and studies."""
+    seconds = {"none": [[10.0, 30.0, 11.0], [12.0, 13.0, 9.0]], "nl": [[20.0, 21.0, 50.0]]}
+    acc = {"none": [0.90, 0.92], "nl": [0.93]}
+    for variant, per_seed in seconds.items():
+        for seed, epoch_seconds in enumerate(per_seed):
+            run = tmp_path / "sweep" / variant / f"seed{seed}"
+            run.mkdir(parents=True)
+            rows = [{"epoch": k + 1, "test_accuracy": acc[variant][seed], "epoch_seconds": t}
+                    for k, t in enumerate(epoch_seconds)]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            (run / "summary.json").write_text(json.dumps(
+                {"test_accuracy": acc[variant][seed], "params": 100 + len(variant), "flops": 7}))
+    (tmp_path / "sweep" / "nl" / "seed0" / "model.pt").write_bytes(b"weights")
+    study = tmp_path / "study" / "cam"
+    study.mkdir(parents=True)
+    (study / "metrics.jsonl").write_text('{"epoch": 1, "cam_gamma": -0.4}\n')
+    (study / "summary.json").write_text('{"test_accuracy": 0.3}')
+    R.write_manifest(tmp_path)
+    monkeypatch.setenv("NLTUTORIAL_RESULTS", str(tmp_path))
+
+    runs = R.load_runs("sweep")
+    rows = R.variant_rows(runs, ["none", "se", "nl"])
+    assert [r["variant"] for r in rows] == ["none", "se", "nl"]
+    none, se, nl = rows
+    assert none["n"] == 2 and none["seeds"] == [0, 1]
+    assert none["mean"] == pytest.approx(statistics.mean(acc["none"]))
+    assert none["std"] == pytest.approx(statistics.stdev(acc["none"]))
+    assert none["delta"] == pytest.approx(0.0)
+    assert none["epoch_seconds"] == pytest.approx(11.5)  # median of 9, 10, 11, 12, 13, 30
+    assert (none["params"], none["flops"]) == (104, 7)
+    assert se == {"variant": "se", "n": 0, "seeds": [], "mean": None, "std": None, "delta": None,
+                  "params": None, "flops": None, "epoch_seconds": None}
+    assert nl["n"] == 1 and math.isnan(nl["std"]) and nl["epoch_seconds"] == 21.0
+    assert nl["delta"] == pytest.approx(0.93 - statistics.mean(acc["none"]))
+    assert R.variant_rows(runs, ["nl"], baseline="se")[0]["delta"] is None  # no baseline run
+
+    assert R.load_runs("elsewhere", missing_ok=True) == []
+    assert R.variant_rows([], ["none"])[0]["n"] == 0
+    assert R.recorded("sweep/nl/seed0/model.pt") and not R.recorded("sweep/none/seed0/model.pt")
+    studies = R.load_variants("study")
+    assert [(v["variant"], v["summary"]["test_accuracy"], v["metrics"][0]["cam_gamma"]) for v in studies] \
+        == [("cam", 0.3, -0.4)]
+    assert R.load_variants("sweep", missing_ok=True) == []  # seed folders are not a study
+    with pytest.raises(R.ResultsError, match="no runs found under results/sweep/"):
+        R.load_variants("sweep")
+    with pytest.raises(ValueError, match="relative path inside results/"):
+        R.recorded("../MANIFEST.sha256")
 
 
 @pytest.fixture

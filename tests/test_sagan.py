@@ -1,8 +1,11 @@
 """Tests of nltutorial.sagan.SelfAttention2d against the equations of Zhang et al., SAGAN (ICML 2019)."""
 
+import math
+
 import pytest
 import torch
 
+from nltutorial.nonlocal_block import IMPLEMENTATIONS
 from nltutorial.sagan import SelfAttention2d
 
 from conftest import randomize_
@@ -45,11 +48,12 @@ def ref_sagan(x, layer):
     return out
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("kwargs", [dict(), dict(value_rd_ratio=1 / 2), dict(pool=True),
                                     dict(pool=True, value_rd_ratio=1 / 2)])
 @pytest.mark.parametrize("shape", [(2, 8, 5, 7), (1, 8, 2, 3)])
-def test_matches_paper_equation(kwargs, shape):
-    layer = randomize_(SelfAttention2d(8, rd_ratio=1 / 4, **kwargs))
+def test_matches_paper_equation(kwargs, shape, implementation):
+    layer = randomize_(SelfAttention2d(8, rd_ratio=1 / 4, implementation=implementation, **kwargs))
     x = torch.randn(shape, dtype=torch.float64) * 0.5
     y = layer(x)
     assert y.shape == x.shape
@@ -137,3 +141,63 @@ def test_official_form_is_bias_free_and_matches_a_plain_implementation():
     assert (biased(x) - plain_official_sagan(x, *[m.weight[:, :, 0, 0] for m in (biased.f, biased.g, biased.h,
                                                                                     biased.v)],
                                               biased.gamma)).abs().max() > 1e-3   # with biases it differs
+
+
+# ---- how o is computed: "naive" (explicit β), "fast" (SDPA, scale 1), "auto" -----------------------
+
+
+def plain_sagan(x, layer):
+    """y = γ o + x with o_j = Σ_i softmax_i(f(x_i)ᵀ g(x_j)) h(x_i) [then v], einsum and biases, batched."""
+    conv = lambda c, t: torch.einsum("oc,bchw->bohw", c.weight[:, :, 0, 0], t) + c.bias[:, None, None]  # noqa
+    pool = lambda t: t.unfold(2, 2, 2).unfold(3, 2, 2).amax(dim=(-2, -1)) if layer.pool else t  # noqa: E731
+    f, g, h = pool(conv(layer.f, x)).flatten(2), conv(layer.g, x).flatten(2), pool(conv(layer.h, x)).flatten(2)
+    beta = torch.softmax(torch.einsum("bcj,bci->bji", g, f), dim=-1)    # (B, N, N_k), unscaled
+    o = torch.einsum("bji,bci->bcj", beta, h).unflatten(2, x.shape[2:])
+    return layer.gamma * (conv(layer.v, o) if layer.v is not None else o) + x
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(value_rd_ratio=1 / 8), dict(value_rd_ratio=1 / 2, pool=True)])
+@pytest.mark.parametrize("channels, side", [(16, 5), (64, 18)])
+def test_implementations_agree_outputs_and_gradients(kwargs, channels, side):
+    """Small and large maps, the widths of the arXiv, ICML and official forms: the fast path,
+    the explicit β and "auto" against the einsum formula, values and every gradient."""
+    layer = randomize_(SelfAttention2d(channels, **kwargs))
+    x = (torch.randn(2, channels, side, side + 2, dtype=torch.float64) * 0.3).requires_grad_()
+    g = torch.randn(x.shape, dtype=torch.float64)
+    wanted = [x, *layer.parameters()]
+    expected = torch.autograd.grad(plain_sagan(x, layer), wanted, g)
+    beta = layer.attention(x)
+    assert (torch.softmax(beta.log() / math.sqrt(layer.rd_channels), -1) - beta).abs().max() > 1e-2  # scale matters
+    for implementation in IMPLEMENTATIONS:
+        layer.implementation = implementation
+        y = layer(x)
+        assert y.is_contiguous()
+        torch.testing.assert_close(y, plain_sagan(x, layer))
+        for a, b in zip(torch.autograd.grad(y, wanted, g), expected):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("implementation", ["fast", "naive"])
+def test_fast_path_keeps_no_map_for_backward(implementation):
+    layer = SelfAttention2d(16, implementation=implementation)
+    with torch.no_grad():
+        layer.gamma.fill_(1.0)
+    x = torch.randn(1, 16, 16, 16, requires_grad=True)
+    sizes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+        y = layer(x)
+    y.sum().backward()
+    assert (max(sizes) < 256 * 256 // 4) == (implementation == "fast")
+
+
+def test_implementation_is_validated_and_not_part_of_the_state():
+    with pytest.raises(ValueError, match="implementation"):
+        SelfAttention2d(16, implementation="slow")
+    layer = SelfAttention2d(16, value_rd_ratio=1 / 2, pool=True)
+    assert layer.implementation == "naive" and "implementation" not in repr(layer)
+    fast = SelfAttention2d(16, value_rd_ratio=1 / 2, pool=True, implementation="fast")
+    fast.load_state_dict(layer.state_dict(), strict=True)
+    assert list(fast.state_dict()) == list(layer.state_dict()) and "implementation='fast'" in repr(fast)
+    del layer.implementation                               # as a module pickled before the option existed
+    x = torch.randn(1, 16, 4, 4)
+    assert layer.implementation == "naive" and torch.equal(layer(x), x)
