@@ -69,11 +69,16 @@ def count_flops(fn: Union[nn.Module, Callable[..., Any]], *args, **kwargs) -> in
 
     Counts what ``FlopCounterMode`` counts (matrix products, convolutions, attention), plus
     the CPU flash-attention kernel, under ``torch.inference_mode()`` when no argument needs a
-    gradient. Elementwise operations are not counted.
+    gradient. Elementwise operations are not counted. Attention modules left at
+    ``implementation="auto"`` are counted on their explicit path
+    (:func:`nltutorial.nonlocal_block.explicit_auto`): the FLOPs of the formula, the same
+    whichever path the dispatch would take; a module set to "fast" is counted as it runs.
     """
+    from .nonlocal_block import explicit_auto
+
     needs_grad = any(isinstance(a, torch.Tensor) and a.requires_grad for a in tree_flatten((args, kwargs))[0])
     counter = FlopCounterMode(display=False, custom_mapping=_custom_flop_formulas())
-    with counter, (torch.enable_grad() if needs_grad else torch.inference_mode()):
+    with explicit_auto(), counter, (torch.enable_grad() if needs_grad else torch.inference_mode()):
         fn(*args, **kwargs)
     return int(counter.get_total_flops())
 

@@ -21,9 +21,8 @@ PAM is the embedded-Gaussian non-local operation with an unscaled softmax (scale
 ``F.scaled_dot_product_attention`` (``scale=1.0``, no N×N matrix), "auto" takes
 whichever the cost model of :func:`nltutorial.nonlocal_block.choose_implementation` finds
 cheaper for the shapes at hand; the three agree to float rounding. ``attention(x)`` always
-builds S.
-The default stays "naive" (the numbers recorded in the book) until the chapters are
-re-executed with "auto".
+builds S. The default is "auto"; FLOP counts (``nltutorial.cost.count_flops``) take the
+explicit path for it, the formula's count.
 
 Channel attention module (CAM), no convolution, A reshaped to (C, N)::
 
@@ -41,6 +40,23 @@ Paper versus official code (``junfu1115/DANet``)
   rewrite of the paper's formula.
 * The DANet head also wraps each module in 3×3 conv–BN–ReLU layers and classifiers;
   :class:`DualAttention` is only the attention part: PAM(A) + CAM(A).
+
+A temperature for CAM (``cam_energy="mean"``, in neither the paper nor the official code)
+------------------------------------------------------------------------------------------
+The energy A_i · A_j = Σ_p A_i(p) A_j(p) sums over the N = H·W positions, so it grows like
+N: for unit-variance features A_i · A_i ≈ N while A_i · A_j (i ≠ j) is O(√N), and on a 32×32
+map the softmax is all but one-hot (X ≈ I, each channel attends to itself). In ResNet-20 on
+the CIFAR-10 subset (``results/danet_subset``) the mean largest weight of X is 0.95 from the
+first epoch on and β ends negative (−0.41): CAM alone and the dual block collapse. The
+book's remedy divides the energy by N, i.e. uses the mean over positions instead of the
+sum::
+
+    X = softmax(A Aᵀ / N)         X_ij = exp(A_i · A_j / N) / Σ_j exp(A_i · A_j / N)
+
+The energies are then O(1) whatever the map size (a Gram matrix of per-position means,
+like a second moment of the channels, uncentred); E = β X A + A is unchanged. It is the
+``cam_energy`` option rather than a new class so that DualAttention, ``create_attention`` and
+the CIFAR ResNets take it as they take the other two.
 """
 
 from __future__ import annotations
@@ -55,7 +71,8 @@ from .nonlocal_block import IMPLEMENTATIONS, softmax_nonlocal
 
 __all__ = ["ChannelAttention", "DualAttention", "PositionAttention"]
 
-CAM_ENERGIES = ("paper", "official")
+#: ChannelAttention's energies: A Aᵀ, max(A Aᵀ) − A Aᵀ (official code), A Aᵀ / N (not in the paper).
+CAM_ENERGIES = ("paper", "official", "mean")
 
 
 class PositionAttention(nn.Module):
@@ -66,7 +83,7 @@ class PositionAttention(nn.Module):
         rd_ratio: width of B and C' is C·rd_ratio (default 1/8, official code; paper: 1).
         rd_divisor, rd_channels: see :func:`nltutorial._utils.reduced_channels`.
         rd_rounding: "nearest" (default) or "floor" (⌊C/8⌋, the official ``in_dim // 8``).
-        implementation: "naive" (default: the explicit S), "fast" (SDPA, no N×N map) or "auto";
+        implementation: "auto" (default), "naive" (the explicit S) or "fast" (SDPA, no N×N map);
             see the module docstring. An attribute: it can be changed on the instance.
 
     Shapes: (B, C, H, W) -> (B, C, H, W); the attention map is (B, N, N), N = H·W. x must
@@ -77,7 +94,7 @@ class PositionAttention(nn.Module):
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 8, rd_divisor: int = 1,
                  rd_channels: Optional[int] = None, rd_rounding: str = "nearest", *,
-                 implementation: str = "naive") -> None:
+                 implementation: str = "auto") -> None:
         super().__init__()
         rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels, rd_rounding)
         if implementation not in IMPLEMENTATIONS:
@@ -103,7 +120,7 @@ class PositionAttention(nn.Module):
         return self.gamma * out + x
 
     def extra_repr(self) -> str:
-        impl = "" if self.implementation == "naive" else f", implementation={self.implementation!r}"
+        impl = "" if self.implementation == "auto" else f", implementation={self.implementation!r}"
         return f"channels={self.channels}, rd_channels={self.rd_channels}" + impl
 
 
@@ -113,7 +130,10 @@ class ChannelAttention(nn.Module):
     Args:
         channels: C (checked against the input; CAM has no convolution).
         cam_energy: "paper" (default): X = softmax(A Aᵀ); "official": X =
-            softmax(max(A Aᵀ) − A Aᵀ) = softmax(−A Aᵀ), as in the official code.
+            softmax(max(A Aᵀ) − A Aᵀ) = softmax(−A Aᵀ), as in the official code; "mean":
+            X = softmax(A Aᵀ / N), N = H·W, the mean over positions of A_i(p) A_j(p) instead
+            of the sum. Not in the paper: the book's remedy for the one-hot map that the O(N)
+            energies give on large maps (see the module docstring).
 
     Shapes: (B, C, H, W) -> (B, C, H, W); the attention map is (B, C, C).
     """
@@ -132,6 +152,8 @@ class ChannelAttention(nn.Module):
         energy = a @ a.transpose(1, 2)                            # (B, C, C)
         if self.cam_energy == "official":
             energy = energy.amax(dim=-1, keepdim=True) - energy
+        elif self.cam_energy == "mean":
+            energy = energy / a.shape[-1]                         # A Aᵀ / N
         return torch.softmax(energy, dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -54,9 +54,11 @@ d = 512 or 1024 happens with C = 1024 or 2048), the softmax modes run over chunk
 queries. Chunks are recomputed in the backward pass (activation checkpointing), so
 training also keeps only one chunk×N_s block alive at a time.
 
-``implementation="auto"`` takes, call by call, whichever of the two is
+``implementation="auto"`` (the default) takes, call by call, whichever of the two is
 cheaper for the shapes at hand (:func:`choose_implementation`); the three agree to float
-rounding. The fused kernel is not free on a CPU: it recomputes q·k in the backward pass, and
+rounding. FLOP counts do not depend on this choice: under :func:`explicit_auto`, which
+``nltutorial.cost.count_flops`` enters, "auto" takes the explicit path, so a block is
+counted by its formula (the fused kernel may do more multiply-adds, see below). The fused kernel is not free on a CPU: it recomputes q·k in the backward pass, and
 it needs one width for q, k and v, so for "gaussian" (dq = C, dv = d = C/2) v is padded to
 C. With gradients it does 14·max(dq, dv) float operations per (i, j) pair against
 6·(dq + dv) for the explicit products: 7/6 of them for equal widths, 14/9 for "gaussian"
@@ -118,6 +120,8 @@ is reshaped on loading.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
 import warnings
@@ -130,6 +134,7 @@ from torch import Tensor, nn
 from ._utils import check_batch_norm, check_dtype, check_positive_int
 
 __all__ = ["NonLocalBlock", "MODES", "IMPLEMENTATIONS", "CONCAT_ALGORITHMS", "choose_implementation",
+           "explicit_auto",
            "softmax_nonlocal", "wake"]
 
 MODES = ("gaussian", "embedded", "dot", "concatenation")
@@ -409,6 +414,26 @@ def choose_implementation(mode: str, batch: int, positions: int, keys: int, dq: 
     return "naive" if explicit <= fast else "fast"
 
 
+_EXPLICIT_AUTO = contextvars.ContextVar("nltutorial_explicit_auto", default=False)
+
+
+@contextlib.contextmanager
+def explicit_auto():
+    """Inside this context, ``implementation="auto"`` resolves to the explicit path ("naive").
+
+    For counting: ``nltutorial.cost.count_flops`` enters it, so that the FLOPs of a block
+    are those of its formula whatever path the dispatch would take for the shapes at hand
+    (the fused CPU kernel pads q, k and v to one width and so does more multiply-adds for
+    PAM, SAGAN and "gaussian"). Explicit "fast" / "naive" settings, ``chunk_size`` and
+    "concatenation" (whose explicit form is a (B, 2d, N, N_s) tensor) are left as they are.
+    """
+    token = _EXPLICIT_AUTO.set(True)
+    try:
+        yield
+    finally:
+        _EXPLICIT_AUTO.reset(token)
+
+
 def _needs_grad(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
@@ -423,6 +448,8 @@ def softmax_nonlocal(q: Tensor, k: Tensor, v: Tensor, scale: float = 1.0, implem
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation == "auto" and chunk_size is None and _EXPLICIT_AUTO.get():
+        implementation = "naive"                                # counting: the formula
     if implementation == "auto":
         implementation = "fast" if chunk_size is not None else choose_implementation(
             "embedded", q.shape[0], q.shape[1], k.shape[1], q.shape[2], v.shape[2],
@@ -459,9 +486,9 @@ class NonLocalBlock(nn.Module):
         attention_scale: the softmax modes compute softmax_j(s · θ_iᵀφ_j). The paper's
             s = 1 is the default; ``None`` uses the Transformer's 1/√(dq) (dq = d, or C for
             "gaussian"). Must stay 1 for "dot" and "concatenation".
-        implementation: "fast" (default: never the N×N_s matrix), "auto" (per call, the
-            explicit map where it is cheaper and small, else "fast"; see
-            :func:`choose_implementation`) or "naive" (the explicit N×N_s matrix, the
+        implementation: "auto" (default: per call, the explicit map where it is cheaper
+            and small, else the fused path; see :func:`choose_implementation`), "fast"
+            (never the N×N_s matrix) or "naive" (the explicit N×N_s matrix, the
             reference).
         chunk_size: query rows per chunk for the chunked paths; ``None`` chooses so that a
             chunk holds at most ``CHUNK_PAIRS`` pairs. Giving it forces chunking in the
@@ -496,7 +523,7 @@ class NonLocalBlock(nn.Module):
         bn_layer: bool = True,
         *,
         attention_scale: Optional[float] = 1.0,
-        implementation: str = "fast",
+        implementation: str = "auto",
         chunk_size: Optional[int] = None,
         max_attention_elements: int = 2**24,
         concat_algorithm: str = "sorted",
@@ -654,6 +681,8 @@ class NonLocalBlock(nn.Module):
             return self.implementation
         if self.chunk_size is not None and self.mode in ("gaussian", "embedded"):
             return "fast"                                       # chunks were asked for
+        if _EXPLICIT_AUTO.get() and self.mode != "concatenation":
+            return "naive"                                      # counting: the formula
         dq = self.in_channels if self.mode == "gaussian" else self.inter_channels
         return choose_implementation(self.mode, batch, positions, keys, dq, self.inter_channels,
                                      grad=grad, device=device)

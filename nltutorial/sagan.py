@@ -26,7 +26,7 @@ Options (defaults: the arXiv v1 form, h: C → C, no pooling)
   code's ``sn_conv1x1`` has none: its form is
   ``SelfAttention2d(C, value_rd_ratio=1/2, pool=True, spectral_norm=True, bias=False,
   rd_rounding="floor")``.
-* ``implementation`` (default "naive"): how o = Σ β h is computed: "naive" builds β,
+* ``implementation`` (default "auto"): how o = Σ β h is computed: "naive" builds β,
   "fast" calls ``F.scaled_dot_product_attention`` with ``scale=1.0`` (the softmax is
   unscaled) and never stores β, "auto" takes whichever the cost model of
   :func:`nltutorial.nonlocal_block.choose_implementation` finds cheaper for the shapes at
@@ -60,7 +60,7 @@ class SelfAttention2d(nn.Module):
         bias: biases on the 1×1 convolutions (default True; the official code has none).
         rd_rounding: "nearest" (default) or "floor" (⌊C/8⌋, the official ``C // 8``), for the
             widths of f, g and h.
-        implementation: "naive" (default: the explicit β), "fast" (SDPA, no N×N_k map) or "auto";
+        implementation: "auto" (default), "naive" (the explicit β) or "fast" (SDPA, no N×N_k map);
             an attribute, it can be changed on the instance.
 
     Shapes: (B, C, H, W) -> (B, C, H, W); attention map (B, N, N_k), N_k = N or ⌊H/2⌋⌊W/2⌋.
@@ -72,7 +72,7 @@ class SelfAttention2d(nn.Module):
     def __init__(self, channels: int, rd_ratio: float = 1 / 8, rd_divisor: int = 1,
                  rd_channels: Optional[int] = None, value_rd_ratio: Optional[float] = None,
                  pool: bool = False, spectral_norm: bool = False, bias: bool = True,
-                 rd_rounding: str = "nearest", *, implementation: str = "naive") -> None:
+                 rd_rounding: str = "nearest", *, implementation: str = "auto") -> None:
         super().__init__()
         rd = reduced_channels(channels, rd_ratio, rd_divisor, rd_channels, rd_rounding)
         if implementation not in IMPLEMENTATIONS:
@@ -131,4 +131,4 @@ class SelfAttention2d(nn.Module):
         return (f"channels={self.channels}, rd_channels={self.rd_channels}, "
                 f"value_channels={self.value_channels}, pool={self.pool}"
                 + ("" if self.bias else ", bias=False")
-                + ("" if self.implementation == "naive" else f", implementation={self.implementation!r}"))
+                + ("" if self.implementation == "auto" else f", implementation={self.implementation!r}"))

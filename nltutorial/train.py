@@ -9,7 +9,9 @@ Example (a quick CPU run on the offline subset)::
 Data and models
 ---------------
 ``--data cifar10`` (default) trains ``--model resnet20|resnet56|resnet18`` (default resnet20)
-with ``--attention none|se|cbam|bam|gc|nl|danet`` (:func:`nltutorial.models.cifar_resnet`).
+with ``--attention none|se|cbam|bam|gc|nl|danet`` (:func:`nltutorial.models.cifar_resnet`);
+``--cam-energy paper|official|mean`` picks the energy of DANet's channel attention (default: the
+block's, "paper"; "mean" is softmax(A Aᵀ / N), see :mod:`nltutorial.danet`).
 The video data sets train ``--model c2d|i3d`` (default c2d) with ``--attention none|nl3d``
 (:func:`nltutorial.video_models.video_resnet`), on clips (B, 3, T, H, W) from a
 :class:`nltutorial.video.ClipLoader` (random left-right flips, Kinetics mean/std):
@@ -108,6 +110,7 @@ from torch import nn
 
 from . import engine
 from .cost import count_flops, count_parameters
+from .danet import CAM_ENERGIES
 from .data import cifar10, cifar10_source, data_root
 from .loader import DeviceLoader
 from .models import cifar_resnet
@@ -122,6 +125,8 @@ MODELS = CIFAR_MODELS + VIDEO_MODELS
 CIFAR_ATTENTIONS = ("none", "se", "cbam", "bam", "gc", "nl", "danet")
 VIDEO_ATTENTIONS = ("none", "nl3d")
 ATTENTIONS = CIFAR_ATTENTIONS + ("nl3d",)
+#: The --attention values whose blocks take --cam-energy (a ChannelAttention inside).
+CAM_ENERGY_ATTENTIONS = ("danet",)
 VIDEO_DATA = ("moving-shapes", "kinetics-folder", "kinetics400-tiny")
 DATASETS = ("cifar10",) + VIDEO_DATA
 #: The data sets that ``--download`` fetches.
@@ -145,7 +150,7 @@ METRIC_KEYS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accur
 #: Options that must match between a checkpoint and the run that resumes it.
 RESUME_KEYS = ("data", "data_dir", "model", "attention", "epochs", "batch_size", "lr", "momentum",
                "weight_decay", "schedule", "label_smoothing", "seed", "per_batch", "train_subset", "test_subset",
-               "world_size", "frames", "frame_stride", "size")
+               "world_size", "frames", "frame_stride", "size", "cam_energy")
 
 
 def _positive_int(name):
@@ -199,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cifar10: resnet20 (default), resnet56, resnet18; video data: c2d (default), i3d")
     p.add_argument("--attention", default="none", choices=ATTENTIONS,
                    help="cifar10: none, se, cbam, bam, gc, nl, danet; video data: none, nl3d")
+    p.add_argument("--cam-energy", default=None, choices=CAM_ENERGIES,
+                   help="--attention danet: energy of the channel attention, X = softmax(A Aᵀ) (paper), "
+                        "softmax(max(A Aᵀ) − A Aᵀ) (official code) or softmax(A Aᵀ / N) (mean, N = H·W); "
+                        "default: the block's (paper)")
     p.add_argument("--frames", type=_positive_int("--frames"), default=None,
                    help="video data: frames per clip, T (default 8)")
     p.add_argument("--frame-stride", type=_positive_int("--frame-stride"), default=None,
@@ -273,6 +282,9 @@ def _validate_data_model(args: argparse.Namespace) -> None:
             if value is not None:
                 raise ValueError(f"{flag} applies to the video data sets (--data {' / '.join(VIDEO_DATA)}), "
                                  f"not --data {args.data}")
+    if args.cam_energy is not None and args.attention not in CAM_ENERGY_ATTENTIONS:
+        raise ValueError(f"--cam-energy applies to --attention {' / '.join(CAM_ENERGY_ATTENTIONS)} (DANet's "
+                         f"channel attention), not --attention {args.attention}")
 
 
 def _validate_paths(args: argparse.Namespace) -> None:
@@ -527,8 +539,9 @@ def _build_model(args: argparse.Namespace, num_classes: int, input_shape: tuple,
     attention = None if args.attention == "none" else args.attention
     if args.data in VIDEO_DATA:
         model = video_resnet(args.model, num_classes=num_classes, attention=attention).to(device)
-    else:
-        model = cifar_resnet(args.model, num_classes=num_classes, attention=attention).to(device)
+    else:   # block keywords only when given, so the block's defaults apply otherwise
+        block_kwargs = {} if args.cam_energy is None else {"cam_energy": args.cam_energy}
+        model = cifar_resnet(args.model, num_classes=num_classes, attention=attention, **block_kwargs).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = count_parameters(model)

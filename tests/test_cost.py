@@ -62,3 +62,39 @@ def test_peak_memory_excludes_inputs_and_parameters_and_counts_the_output():
 def test_peak_memory_of_a_float64_product():
     a, b = torch.randn(30, 40, dtype=torch.float64), torch.randn(40, 20, dtype=torch.float64)
     assert peak_memory(torch.matmul, a, b) == 30 * 20 * 8
+
+
+def test_auto_modules_are_counted_by_their_formula_whatever_the_dispatch():
+    """PAM (C = 64): q, k are 8 wide, v 64. The fused CPU kernel pads q, k to 64, so "fast"
+    does 2·N²·(64 + 64) multiply-add FLOPs where the formula has 2·N²·(8 + 64); an "auto"
+    module is counted by the formula even at sizes where it runs the fused kernel."""
+    from nltutorial.danet import PositionAttention
+    from nltutorial.nonlocal_block import explicit_auto
+
+    C, side = 64, 56
+    N = side * side
+    x = torch.randn(1, C, side, side)
+    convs = 2 * N * C * (8 + 8 + 64)                          # the three 1×1 convolutions
+    formula = convs + 2 * N * N * (8 + 64)
+    auto = PositionAttention(C).eval()
+    assert auto.implementation == "auto"
+    naive = PositionAttention(C, implementation="naive").eval()
+    fast = PositionAttention(C, implementation="fast").eval()
+    assert count_flops(naive, x) == count_flops(auto, x) == formula
+    assert count_flops(fast, x) == convs + 2 * N * N * (64 + 64)      # what the kernel does
+    with torch.inference_mode():                              # the dispatch outside counting
+        from nltutorial.nonlocal_block import choose_implementation
+        assert choose_implementation("embedded", 1, N, N, 8, 64, grad=False) == "fast"
+        with explicit_auto():
+            torch.testing.assert_close(auto(x), naive(x))
+
+
+def test_nonlocal_block_auto_is_the_default_and_counts_like_naive():
+    from nltutorial import NonLocalBlock
+
+    x = torch.randn(1, 32, 24, 24)
+    block = NonLocalBlock(32, mode="gaussian").eval()
+    assert block.implementation == "auto"
+    naive = NonLocalBlock(32, mode="gaussian", implementation="naive").eval()
+    naive.load_state_dict(block.state_dict())
+    assert count_flops(block, x) == count_flops(naive, x)

@@ -36,7 +36,8 @@ def ref_pam(x, pam):
 
 
 def ref_cam(x, cam, energy):
-    """E_i = β Σ_j X_ij A_j + A_i with X_ij = softmax_j(A_i · A_j) (paper) or softmax_j(max − A_i · A_j)."""
+    """E_i = β Σ_j X_ij A_j + A_i with X_ij = softmax_j(A_i · A_j) (paper), softmax_j(max − A_i · A_j)
+    (official) or softmax_j(A_i · A_j / N) (mean)."""
     out = torch.empty_like(x)
     for n in range(x.shape[0]):
         a = x[n].flatten(1)                                            # (C, N)
@@ -46,6 +47,8 @@ def ref_cam(x, cam, energy):
             s = torch.stack([a[i] @ a[j] for j in range(C)])
             if energy == "official":
                 s = s.max() - s
+            elif energy == "mean":
+                s = s / a.shape[1]
             w = torch.exp(s - s.max()) / torch.exp(s - s.max()).sum()
             e[i] = cam.gamma * sum(w[j] * a[j] for j in range(C)) + a[i]
         out[n] = e.view_as(x[n])
@@ -61,7 +64,7 @@ def test_pam_matches_paper_equation(shape):
     torch.testing.assert_close(y, ref_pam(x, pam))
 
 
-@pytest.mark.parametrize("energy", ["paper", "official"])
+@pytest.mark.parametrize("energy", ["paper", "official", "mean"])
 @pytest.mark.parametrize("shape", [(2, 6, 5, 7), (1, 6, 1, 1)])
 def test_cam_matches_paper_equation(energy, shape):
     cam = randomize_(ChannelAttention(6, cam_energy=energy))
@@ -78,6 +81,69 @@ def test_official_energy_is_softmax_of_minus_energy():
     torch.testing.assert_close(cam.attention(x), torch.softmax(-(a @ a.transpose(1, 2)), dim=-1))
 
 
+def plain_cam_mean(x, beta):
+    """E_i = β Σ_j X_ij A_j + A_i, X_ij = exp(s_ij) / Σ_k exp(s_ik), s_ij = (1/N) Σ_p A_i(p) A_j(p):
+    one sample at a time, every sum written out over positions p and channels j, differentiable."""
+    out = []
+    for n in range(x.shape[0]):
+        a = x[n].reshape(x.shape[1], -1)                               # (C, N)
+        C, N = a.shape
+        s = [[sum(a[i, p] * a[j, p] for p in range(N)) / N for j in range(C)] for i in range(C)]
+        rows = []
+        for i in range(C):
+            top = max(float(v.detach()) for v in s[i])                 # subtracted for exp's range only
+            e = [torch.exp(s[i][j] - top) for j in range(C)]
+            total = sum(e)
+            rows.append(beta * sum(e[j] / total * a[j] for j in range(C)) + a[i])
+        out.append(torch.stack(rows).reshape(x.shape[1:]))
+    return torch.stack(out)
+
+
+def test_cam_mean_energy_matches_plain_sums_values_and_gradients():
+    cam = randomize_(ChannelAttention(5, cam_energy="mean"))
+    x = (torch.randn(2, 5, 3, 4, dtype=torch.float64) * 1.5).requires_grad_()
+    g = torch.randn(x.shape, dtype=torch.float64)
+    y, expected = cam(x), plain_cam_mean(x, cam.gamma)
+    torch.testing.assert_close(y, expected)
+    got = torch.autograd.grad(y, (x, cam.gamma), g)
+    want = torch.autograd.grad(expected, (x, cam.gamma), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    a = x.detach().flatten(2)                                          # (B, C, N), N = 12
+    torch.testing.assert_close(cam.attention(x.detach()), torch.softmax(a @ a.transpose(1, 2) / 12, dim=-1))
+
+
+def test_cam_mean_energy_is_not_one_hot_on_a_32x32_map():
+    """Unit-variance features, N = 1024: A_i · A_i ≈ N against O(√N) off the diagonal makes the
+    paper's rows one-hot; divided by N the diagonal is ≈ 1 and the largest weight ≈ e / (e + C − 1)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, 32, 32, dtype=torch.float64)
+    largest = {e: ChannelAttention(16, cam_energy=e).attention(x).amax(-1).mean().item()
+               for e in ("paper", "mean")}
+    assert largest["paper"] > 0.99
+    assert largest["mean"] < 0.25 and largest["mean"] < largest["paper"] / 4
+    assert largest["mean"] > 1 / 16                                   # still peaked on the diagonal
+
+
+def test_cam_mean_energy_does_not_depend_on_the_map_size():
+    """Repeating every position 2×2 (N → 4N) leaves the mean over positions, hence X, unchanged;
+    the paper's sum grows 4 times."""
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64) * 0.3
+    big = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+    mean, paper = ChannelAttention(6, cam_energy="mean"), ChannelAttention(6)
+    torch.testing.assert_close(mean.attention(big), mean.attention(x))
+    assert (paper.attention(big) - paper.attention(x)).abs().max() > 1e-2
+
+
+def test_cam_energy_reaches_the_dual_block_and_the_factory():
+    from nltutorial.factory import create_attention
+    assert DualAttention(16, cam_energy="mean").cam.cam_energy == "mean"
+    assert create_attention("danet", 16, cam_energy="mean").cam.cam_energy == "mean"
+    assert "cam_energy='mean'" in repr(create_attention("cam", 16, cam_energy="mean"))
+    with pytest.raises(ValueError, match="'paper', 'official', 'mean'"):
+        ChannelAttention(8, cam_energy="sum")
+
+
 def test_identity_at_init_and_dual():
     x = torch.randn(2, 16, 5, 7)
     pam, cam, dual = PositionAttention(16), ChannelAttention(16), DualAttention(16)
@@ -92,7 +158,8 @@ def test_identity_at_init_and_dual():
 
 def test_gradcheck():
     x = torch.randn(1, 4, 3, 2, dtype=torch.float64, requires_grad=True)
-    for block in (PositionAttention(4, rd_ratio=1 / 2), ChannelAttention(4), ChannelAttention(4, "official")):
+    for block in (PositionAttention(4, rd_ratio=1 / 2), ChannelAttention(4), ChannelAttention(4, "official"),
+                  ChannelAttention(4, "mean")):
         assert torch.autograd.gradcheck(randomize_(block), (x,))
 
 
@@ -186,7 +253,7 @@ def test_pam_implementation_is_validated_and_not_part_of_the_state():
     with pytest.raises(ValueError, match="implementation"):
         PositionAttention(16, implementation="slow")
     pam = PositionAttention(16)
-    assert pam.implementation == "naive" and "implementation" not in repr(pam)
+    assert pam.implementation == "auto" and "implementation" not in repr(pam)
     assert sorted(pam.state_dict()) == ["gamma", "key.bias", "key.weight", "query.bias", "query.weight",
                                         "value.bias", "value.weight"]
     fast = PositionAttention(16, implementation="fast")

@@ -4,6 +4,7 @@ import importlib.util
 import re
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -15,7 +16,7 @@ FIGURES = ROOT / "book" / "figures"
 EXPECTED = {
     "nlm_patches.svg", "nonlocal_block.svg", "se.svg", "cbam.svg", "bam.svg", "danet_pam.svg",
     "danet_cam.svg", "gc_block.svg", "local_relation.svg", "cifar_resnet_placement.svg",
-    "video_resnet_placement.svg", "omega_patterns.svg",
+    "video_resnet_placement.svg", "omega_patterns.svg", "nlm_spacetime.svg",
 }
 
 
@@ -129,7 +130,7 @@ def test_box_labels_fit_their_boxes(name):
 
 def test_arrow_shapes_and_add_multiply_symbols_are_drawn():
     """The flow diagrams label their arrows with B×… tensor shapes and draw ⊕ / ⊗ circles."""
-    for name in sorted(EXPECTED - {"omega_patterns.svg", "nlm_patches.svg"}):
+    for name in sorted(EXPECTED - {"omega_patterns.svg", "nlm_patches.svg", "nlm_spacetime.svg"}):
         root = ET.parse(FIGURES / name).getroot()
         labels = [s for *_, s in _texts(root) if re.search(r"\bB×\w", s)]
         assert len(labels) >= 5, f"{name}: only {len(labels)} tensor shapes on arrows"
@@ -167,3 +168,70 @@ def test_layout_check_refuses_a_label_wider_than_its_box_or_crossed_by_a_line():
     with pytest.raises(ValueError) as err:
         d.svg()
     assert "does not fit its box" in str(err.value) and "'crossed' is crossed by a line" in str(err.value)
+
+
+# ---- nlm_spacetime.svg: the weight maps are computed from the drawn clip
+
+def _plain_spacetime_weights(clip, t, p, P, S, tau, h, sigma):
+    """w(i, j) = exp(−max(d² − 2σ², 0)/h²), d² = mean over the P×P patch of (v_i − v_j)², over the
+    frames t − τ … t + τ and the S×S offsets; w(i, i) = max of the others; normalised to sum 1."""
+    v = np.asarray(clip, dtype=np.float64)                       # (T, H, W)
+    a, b = P // 2, S // 2
+    pi = v[t, p[0] - a:p[0] + a + 1, p[1] - a:p[1] + a + 1]     # (P, P)
+    w = np.zeros((2 * tau + 1, S, S))
+    for k, f in enumerate(range(t - tau, t + tau + 1)):
+        for dy in range(-b, b + 1):
+            for dx in range(-b, b + 1):
+                r, c = p[0] + dy, p[1] + dx
+                d2 = np.mean((pi - v[f, r - a:r + a + 1, c - a:c + a + 1]) ** 2)
+                w[k, dy + b, dx + b] = np.exp(-max(d2 - 2 * sigma ** 2, 0.0) / h ** 2)
+    w[tau, b, b] = 0.0
+    w[tau, b, b] = w.max()
+    return w / w.sum()
+
+
+def _spacetime_example():
+    st = diagrams.NLM_ST
+    clip = diagrams._moving_object_clip(st["n"], st["centres"], st["seed"])
+    args = (st["t"], st["p"], st["P"], st["S"], st["tau"], st["h"], st["sigma"])
+    return st, clip, args, np.asarray(diagrams._spacetime_weights(clip, *args))
+
+
+def test_spacetime_weights_equal_the_plain_formula_and_the_package():
+    st, clip, args, maps = _spacetime_example()
+    assert maps.shape == (2 * st["tau"] + 1, st["S"], st["S"])
+    np.testing.assert_allclose(maps, _plain_spacetime_weights(clip, *args), rtol=1e-12, atol=1e-15)
+    import nltutorial as nlt
+    ref = nlt.nl_means_weights(np.asarray(clip), st["p"][0], st["p"][1], patch_size=st["P"],
+                               search_size=st["S"], h=st["h"], sigma=st["sigma"],
+                               patch_weighting="uniform", video=True, temporal_radius=st["tau"],
+                               frame=st["t"])
+    np.testing.assert_allclose(maps, ref, rtol=1e-4, atol=1e-6)     # the package works in float32
+
+
+def test_spacetime_figure_shows_the_moved_object_as_the_best_match():
+    st, clip, args, maps = _spacetime_example()
+    assert maps.sum() == pytest.approx(1.0, abs=1e-12)               # one normalisation, all frames
+    frame_sums = maps.sum(axis=(1, 2))
+    assert np.all(frame_sums > 0.25), frame_sums                      # every frame contributes
+    best = diagrams._best_matches(maps.tolist(), st["p"])
+    assert best == [tuple(c) for c in st["centres"]]                  # the object, where it went
+    assert st["centres"][0][1] < st["p"][1] < st["centres"][2][1]    # ... and it moved
+    b = st["S"] // 2
+    for f in (0, 2):                                                  # same p in frames t ± 1: poor
+        assert maps[f, b, b] < 0.05 * maps[f].max()
+    root = ET.parse(FIGURES / "nlm_spacetime.svg").getroot()
+    texts = [s for *_, s in _texts(root)]
+    assert [f"Σ = {v:.2f}" for v in frame_sums] == [s for s in texts if s.startswith("Σ = ")]
+    desc = root.find(f"{SVG}desc").text
+    assert ", ".join(f"{v:.2f}" for v in frame_sums[:2]) in desc
+    for name in ("frame t − 1", "frame t", "frame t + 1"):
+        assert texts.count(name) == 2, name                          # above the frame, below its map
+
+
+def test_spacetime_weights_refuse_a_window_outside_the_clip():
+    st, clip, _, _ = _spacetime_example()
+    with pytest.raises(ValueError, match=r"pixel \(t, p\) = \(1, \(2, 5\)\) needs .* 4 pixels on every side"):
+        diagrams._spacetime_weights(clip, 1, (2, 5), 3, 7, 1, 0.25, 0.075)
+    with pytest.raises(ValueError, match="needs frames t ± 1"):
+        diagrams._spacetime_weights(clip, 0, st["p"], 3, 7, 1, 0.25, 0.075)

@@ -432,7 +432,7 @@ def test_auto_follows_grad_mode_and_chunk_size():
 
 def test_the_default_path_and_every_other_are_stored_alike():
     block = NonLocalBlock(8)
-    assert block.implementation == "fast" and "implementation='fast'" in repr(block)
+    assert block.implementation == "auto" and "implementation='auto'" in repr(block)
     for implementation in IMPLEMENTATIONS:
         other = NonLocalBlock(8, implementation=implementation)
         other.load_state_dict(block.state_dict(), strict=True)  # the path is no part of the state

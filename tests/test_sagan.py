@@ -194,7 +194,7 @@ def test_implementation_is_validated_and_not_part_of_the_state():
     with pytest.raises(ValueError, match="implementation"):
         SelfAttention2d(16, implementation="slow")
     layer = SelfAttention2d(16, value_rd_ratio=1 / 2, pool=True)
-    assert layer.implementation == "naive" and "implementation" not in repr(layer)
+    assert layer.implementation == "auto" and "implementation" not in repr(layer)
     fast = SelfAttention2d(16, value_rd_ratio=1 / 2, pool=True, implementation="fast")
     fast.load_state_dict(layer.state_dict(), strict=True)
     assert list(fast.state_dict()) == list(layer.state_dict()) and "implementation='fast'" in repr(fast)

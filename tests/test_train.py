@@ -671,3 +671,64 @@ def test_kinetics400_tiny_downloads_and_trains_one_epoch(tmp_path, monkeypatch):
     assert summary["finished"] and saved["flops"] == count_flops(video_resnet("c2d", 2, "nl3d").eval(),
                                                                  torch.zeros(1, 3, 4, 16, 16))
     assert len(list((tmp_path / "cache-root" / "kinetics-cache").glob("*.pt"))) == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# --cam-energy: DANet's channel-attention energy, a block keyword of --attention danet
+# ---------------------------------------------------------------------------------------------
+
+
+def _fake_cifar10(root, train=True, download=False, per_batch=None):
+    """Random CIFAR-10-shaped arrays (HWC uint8 images, int64 labels): 32 train, 16 test images."""
+    import numpy as np
+    rng = np.random.default_rng(0 if train else 1)
+    n = 32 if train else 16
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int64)
+
+
+def test_cam_energy_reaches_the_model_is_recorded_and_checked_on_resume(tmp_path, monkeypatch):
+    from nltutorial.danet import ChannelAttention
+    built = []
+
+    def cifar_resnet(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    real = T.cifar_resnet
+    monkeypatch.setattr(T, "cifar10", _fake_cifar10)
+    monkeypatch.setattr(T, "cifar_resnet", cifar_resnet)
+    out = tmp_path / "run"
+    argv = ["--data-dir", str(tmp_path), "--attention", "danet", "--cam-energy", "mean", "--epochs", "2",
+            "--batch-size", "16", "--device", "cpu", "--no-progress", "--out", str(out)]
+    summary = run([*argv, "--stop-after", "1"])
+    cams = [m for m in built[0].modules() if isinstance(m, ChannelAttention)]
+    assert len(cams) == 2 and all(m.cam_energy == "mean" for m in cams)       # stages 2 and 3
+    assert summary["epochs_done"] == 1 and summary["args"]["cam_energy"] == "mean"
+    assert json.loads((out / "summary.json").read_text())["args"]["cam_energy"] == "mean"
+    assert engine.load_checkpoint(out / "checkpoint.pt")["config"]["cam_energy"] == "mean"
+    for other in ([], ["--cam-energy", "paper"]):                              # block default, or another value
+        with pytest.raises(ValueError, match="--cam-energy is .* but the checkpoint .* made with 'mean'"):
+            run([*argv[:4], *argv[6:], *other, "--resume"])
+    assert run([*argv, "--resume"])["finished"] and len(built) == 2
+    assert all(m.cam_energy == "mean" for m in built[1].modules() if isinstance(m, ChannelAttention))
+
+    # without the flag the block keeps its default and the run records None (the block's default)
+    built.clear()
+    summary = run(["--data-dir", str(tmp_path), "--attention", "danet", "--epochs", "1", "--batch-size", "16",
+                   "--device", "cpu", "--no-progress", "--out", str(tmp_path / "default")])
+    assert summary["args"]["cam_energy"] is None
+    assert {m.cam_energy for m in built[0].modules() if isinstance(m, ChannelAttention)} == {"paper"}
+
+
+@pytest.mark.parametrize("argv", [["--attention", "se"], [], ["--data", "moving-shapes"],
+                                  ["--data", "moving-shapes", "--attention", "nl3d"]])
+def test_cam_energy_with_another_attention_is_named(argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(T, "_loaders", lambda *a: pytest.fail("data loaded before the --cam-energy check"))
+    data_dir = [] if "moving-shapes" in argv else ["--data-dir", str(tmp_path)]
+    err = _fails_with([*argv, *data_dir, "--cam-energy", "mean", "--device", "cpu", "--out", str(tmp_path / "o")],
+                      capsys)
+    attention = argv[argv.index("--attention") + 1] if "--attention" in argv else "none"
+    assert f"--cam-energy applies to --attention danet (DANet's channel attention), not --attention {attention}" \
+        in " ".join(err.split())
+    err = _fails_with(["--attention", "danet", "--cam-energy", "sum", "--out", str(tmp_path / "o")], capsys)
+    assert "--cam-energy" in err and "'paper', 'official', 'mean'" in err

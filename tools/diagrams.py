@@ -188,8 +188,9 @@ class Diagram:
 
     # ---- boxes
     def box(self, cx: float, cy: float, lines: Sequence[str], kind: str, w: Optional[float] = None,
-            h: Optional[float] = None, dashed: bool = False) -> Node:
-        """A rounded box of ``kind`` with one or two centred lines (the second smaller)."""
+            h: Optional[float] = None, dashed: bool = False, gap: float = 3.0) -> Node:
+        """A rounded box of ``kind`` with one or two centred lines (the second smaller), ``gap`` px
+        apart (more where the first line has subscripts)."""
         if isinstance(lines, str):
             lines = [lines]
         sizes = [NODE] + [SMALL] * (len(lines) - 1)
@@ -202,12 +203,12 @@ class Diagram:
         self.body.append(f'<g class="node {kind}">')
         self.body.append(f'<rect x="{_f(node.left)}" y="{_f(node.top)}" width="{_f(w)}" height="{_f(h)}" '
                          f'rx="6" fill="{fill}" stroke="{stroke}" stroke-width="1.5"{dash}/>')
-        total = sum(sizes) + 3 * (len(lines) - 1)
+        total = sum(sizes) + gap * (len(lines) - 1)
         y = cy - total / 2
         for t, s in zip(lines, sizes):
             y += s
             self.text(cx, y - 0.12 * s, t, s, node=node)
-            y += 3
+            y += gap
         self.body.append("</g>")
         self.nodes.append(node)
         if kind not in self.kinds:
@@ -974,6 +975,197 @@ def nlm_patches() -> Diagram:
     return d
 
 
+#: The example of :func:`nlm_spacetime`: a 12×12 clip of 3 frames, the object's centre in each,
+#: pixel i = (t, p) with t = 1, p = (5, 5); 2-D P×P patches, S×S windows, τ = 1; σ = 0.45 / 6,
+#: the standard deviation of the noise :func:`_moving_object_clip` adds (before clipping); h = 0.25.
+NLM_ST = {"n": 12, "centres": ((5, 3), (5, 5), (5, 7)), "seed": 5, "t": 1, "p": (5, 5),
+          "P": 3, "S": 7, "tau": 1, "h": 0.25, "sigma": 0.075}
+
+
+def _moving_object_clip(n: int, centres: Sequence[Tuple[int, int]], seed: int) -> List[List[List[float]]]:
+    """Noisy n×n frames, one per centre: a dark background (0.2) and a bright 3×3 object (0.85)
+    centred on that frame's (row, col); noise 0.45 × (mean of 3 uniforms − 1/2), clipped to [0, 1]."""
+    gen = _lcg(seed)
+    clip = []                                            # (T, n, n)
+    for cr, cc in centres:
+        frame = []
+        for r in range(n):
+            row = []
+            for c in range(n):
+                base = 0.85 if abs(r - cr) <= 1 and abs(c - cc) <= 1 else 0.2
+                noise = sum(next(gen) for _ in range(3)) / 3 - 0.5
+                row.append(min(1.0, max(0.0, base + 0.45 * noise)))
+            frame.append(row)
+        clip.append(frame)
+    return clip
+
+
+def _spacetime_weights(clip: Sequence[Sequence[Sequence[float]]], t: int, p: Tuple[int, int], P: int,
+                       S: int, tau: int, h: float, sigma: float) -> List[List[List[float]]]:
+    """Normalised space-time NL-means weights of pixel i = (t, p) (Buades, Coll & Morel 2008).
+
+    W[τ + δ][S//2 + dy][S//2 + dx] = w(i, j) / Σ_j w(i, j), j = (t + δ, p + (dy, dx)), |δ| ≤ τ,
+    w(i, j) = exp(−max(d²(i, j) − 2σ², 0) / h²), w(i, i) = max_{j≠i} w(i, j),
+    d²(i, j) = (1/P²) Σ_k (v(t, p + k) − v(t + δ, p + o + k))², k over the P×P offsets:
+    nltutorial.nl_means_weights(..., patch_weighting="uniform", video=True) for a window and
+    patches inside the frames (checked; the figure needs no padding).
+    """
+    n_t, rows, cols = len(clip), len(clip[0]), len(clip[0][0])
+    R = P // 2 + S // 2                                  # reach of the patches of the window
+    if not (tau <= t < n_t - tau and R <= p[0] < rows - R and R <= p[1] < cols - R):
+        raise ValueError(f"_spacetime_weights: pixel (t, p) = ({t}, {p}) needs frames t ± {tau} and "
+                         f"{R} pixels on every side inside the {n_t}×{rows}×{cols} clip")
+    ks, os_ = range(-(P // 2), P // 2 + 1), range(-(S // 2), S // 2 + 1)
+
+    def patch(f: int, r: int, c: int) -> List[float]:   # (P·P,) patch of frame f around (r, c)
+        return [clip[f][r + a][c + b] for a in ks for b in ks]
+
+    pi = patch(t, *p)
+    w = [[[math.exp(-max(sum((u - v) ** 2 for u, v in zip(pi, patch(t + dt, p[0] + dy, p[1] + dx)))
+                         / (P * P) - 2 * sigma * sigma, 0.0) / (h * h))
+           for dx in os_] for dy in os_] for dt in range(-tau, tau + 1)]     # (2τ + 1, S, S)
+    w[tau][S // 2][S // 2] = 0.0
+    w[tau][S // 2][S // 2] = max(v for frame in w for row in frame for v in row)
+    total = sum(v for frame in w for row in frame for v in row)
+    return [[[v / total for v in row] for row in frame] for frame in w]
+
+
+def _swatches(d: Diagram, x: float, y: float, items: Sequence[Tuple[str, bool, str]],
+              col_w: float) -> None:
+    """Rows of outline swatches (stroke, dashed, text), two per row, ``col_w`` apart, 20 px rows."""
+    for k, (stroke, dashed, text) in enumerate(items):
+        sx, sy = x + (k % 2) * col_w, y + 20 * (k // 2)
+        d.rect(sx, sy - 11, 14, 14, "none", stroke, 1.8 if dashed else 2.5, dashed)
+        d.text(sx + 20, sy, text, LABEL, anchor="start", color=MUTED)
+
+
+def _frame_name(dt: int) -> str:
+    """"frame t", "frame t − 1", "frame t + 2", … for the frame t + dt."""
+    return "frame t" + ("" if dt == 0 else f" {'−+'[dt > 0]} {abs(dt)}")
+
+
+def _best_matches(maps: Sequence[Sequence[Sequence[float]]], p: Tuple[int, int]) -> List[Tuple[int, int]]:
+    """The centre (row, col) of the best match of P_i in each frame: its map's largest weight."""
+    out = []
+    for frame in maps:                                   # (S, S) map of one frame
+        _, r, c = max((v, r, c) for r, row in enumerate(frame) for c, v in enumerate(row))
+        out.append((p[0] + r - len(frame) // 2, p[1] + c - len(frame) // 2))
+    return out
+
+
+def _st_frames(d: Diagram, clip, xs: Sequence[float], y0: float, cell: float,
+               best: Sequence[Tuple[int, int]]) -> None:
+    """The noisy frames with the search windows, P_i, the best and a poor match, and above each
+    frame t ± 1 an arrow from p to the best offset o."""
+    t, (pr, pc), P, S = NLM_ST["t"], NLM_ST["p"], NLM_ST["P"], NLM_ST["S"]
+    blue, green, orange = KINDS["conv"][1], KINDS["reshape"][1], KINDS["gate"][1]
+    ya = y0 - 10                                          # the arrows' row
+    for f, (x0, frame) in enumerate(zip(xs, clip)):
+        dt = f - t
+        d.heading(x0 + len(frame) * cell / 2, 22, _frame_name(dt), anchor="middle")
+        _cells(d, x0, y0, cell, frame, _grey)
+        _outline(d, x0, y0, cell, pr - S // 2, pc - S // 2, S, S, INK, 1.8, dashed=True)
+        xp = x0 + (pc + 0.5) * cell
+        if dt == 0:
+            _outline(d, x0, y0, cell, pr - P // 2, pc - P // 2, P, P, blue, 2.5)
+            d.line([(xp, ya - 14), (xp, ya + 6)], color=blue)
+            d.text(xp + 8, ya - 8, "i = (t, p)", LABEL, anchor="start", color=blue)
+            continue
+        (br, bc) = best[f]
+        _outline(d, x0, y0, cell, pr - P // 2, pc - P // 2, P, P, orange, 2.5)
+        _outline(d, x0, y0, cell, br - P // 2, bc - P // 2, P, P, green, 2.5)
+        xb = x0 + (bc + 0.5) * cell
+        d.line([(xp, ya), (xb, ya)], color=green, dot=True)
+        d.text((xp + xb) / 2, ya - 8, f"best o = ({br - pr}, {'+' if bc > pc else '−'}{abs(bc - pc)})",
+               LABEL, color=green)
+
+
+def _st_maps(d: Diagram, maps, xs: Sequence[float], y0: float, cell: float,
+             best: Sequence[Tuple[int, int]]) -> float:
+    """The (2τ + 1) S×S weight maps on one shared scale, the cells of P_i, the best and the poor
+    match outlined; returns the y below them."""
+    t, (pr, pc), S = NLM_ST["t"], NLM_ST["p"], NLM_ST["S"]
+    blue, green, orange = KINDS["conv"][1], KINDS["reshape"][1], KINDS["gate"][1]
+    top = max(v for frame in maps for row in frame for v in row)
+    c = S // 2
+    for f, (cx, frame) in enumerate(zip(xs, maps)):
+        wx = cx - S * cell / 2
+        _cells(d, wx, y0, cell, [[v / top for v in row] for row in frame])
+        if f == t:
+            _outline(d, wx, y0, cell, c, c, 1, 1, blue, 2.5)
+        else:
+            _outline(d, wx, y0, cell, c, c, 1, 1, orange, 2.5)
+            _outline(d, wx, y0, cell, c + best[f][0] - pr, c + best[f][1] - pc, 1, 1, green, 2.5)
+        dt = f - t
+        d.text(cx, y0 + S * cell + 18, _frame_name(dt), SMALL, color=MUTED)
+        d.text(cx, y0 + S * cell + 34, f"Σ = {sum(map(sum, frame)):.2f}", SMALL, color=MUTED)
+    return y0 + S * cell + 34
+
+
+def nlm_spacetime() -> Diagram:
+    """Space-time non-local means (nltutorial.nl_means(..., video=True, temporal_radius=τ)), τ = 1:
+    the maps are :func:`_spacetime_weights` of the drawn clip, on one shared scale."""
+    clip = _moving_object_clip(NLM_ST["n"], NLM_ST["centres"], NLM_ST["seed"])
+    maps = _spacetime_weights(clip, NLM_ST["t"], NLM_ST["p"], NLM_ST["P"], NLM_ST["S"], NLM_ST["tau"],
+                              NLM_ST["h"], NLM_ST["sigma"])
+    sums = [sum(map(sum, frame)) for frame in maps]
+    d = Diagram("nlm_spacetime", 760, "Space-time non-local means: one window in every frame",
+                "Top: three noisy 12×12 frames side by side, t − 1, t and t + 1, with a dark "
+                "background and a bright 3×3 object that moves two cells to the right from one frame "
+                "to the next. In every frame a dashed 7×7 search window is drawn around the same "
+                "position p. In frame t the 3×3 patch P_i of the pixel i = (t, p), on the object, is "
+                "outlined in blue, and an arrow above the frame points down to i. In frames t − 1 and "
+                "t + 1 the best matching patch, on the object two cells to the left and two cells to "
+                "the right, is outlined in green, and the patch at the same position p, which the "
+                "object has left, is a poor match outlined in orange; an arrow above each of these "
+                "frames goes from p to the best offset o, (0, −2) and (0, +2). There is no motion "
+                "estimation: the patch similarity finds where the object went. Middle: below each "
+                "frame, the 7×7 map of the weights w(i, j) of pixel i over that frame's window, "
+                "computed from the drawn pixels and shown on one shared scale, with the same cells "
+                "outlined: each map is large only where the patch lies on the object, at the centre "
+                "in frame t, two cells to the left in frame t − 1 and two cells to the right in frame "
+                f"t + 1, and the three maps sum to {sums[0]:.2f}, {sums[1]:.2f} and {sums[2]:.2f}, "
+                "together 1. Bottom: the steps for every candidate "
+                "j of the space-time window: the squared distance of the two P×P patches, the weight "
+                "exp(−max(d² − 2σ², 0) / h²), the normalisation by the sum over all (2τ + 1)·S² = 147 "
+                "candidates of the three windows, and the weighted average û(i) = Σ_j w(i, j) v(j).")
+    n, cell, mcell, y0 = NLM_ST["n"], 15, 16, 66
+    xs = [30 + 240 * f for f in range(3)]                 # left edge of each frame
+    cxs = [x + n * cell / 2 for x in xs]                  # its centre
+    best = _best_matches(maps, NLM_ST["p"])              # green in frames t ± 1
+    _st_frames(d, clip, xs, y0, cell, best)
+    y = y0 + n * cell + 24
+    _swatches(d, 30, y, [(KINDS["conv"][1], False, "P_{i}: the P×P patch of i (P = 3)"),
+                         (INK, True, "search window S×S around p (S = 7)"),
+                         (KINDS["reshape"][1], False, "best match: on the moved object"),
+                         (KINDS["gate"][1], False, "poor match: same p, object gone")], 340)
+    d.note(WIDTH / 2, y + 46, "No motion estimation: the similarity of the patches finds where the "
+                              "object went.")
+    ym = y + 100
+    d.text(WIDTH / 2, ym - 12, "weights w(i, j) of pixel i in each frame's window, one shared scale",
+           SMALL, color=MUTED)
+    yb = _st_maps(d, maps, cxs, ym, mcell, best)
+    d.note(WIDTH / 2, yb + 24, "The three maps together sum to 1 (one normalisation over the space-time "
+                               "window); darker = larger.")
+    _st_flow(d, yb + 80)
+    d.legend(yb + 240)
+    return d
+
+
+def _st_flow(d: Diagram, y: float) -> None:
+    """The computation for every candidate j of the space-time window, as two rows of boxes."""
+    dist = d.box(170, y, ["d² = ‖P_{i} − P_{j}‖²", "P×P, frames t and t + δ"], "pair", h=50, gap=7)
+    ker = d.box(510, y, ["exp(−max(d² − 2σ², 0) / h²)", "one weight per candidate j"], "gate", h=50)
+    d.connect(dist, ker, "3×S×S")
+    norm = d.box(510, y + 76, ["÷ Σ_{j} over the 3 windows", "(2τ + 1)·S² = 147 terms"], "gate",
+                 h=50, gap=7)
+    d.connect(ker, norm, "3×S×S")
+    est = d.box(170, y + 76, ["û(i) = Σ_{j} w(i, j) v(j)"], "io")
+    d.connect(norm, est, "w(i, ·): 3×S×S")
+    d.note(WIDTH / 2, y + 124, "nl_means(clip, video=True, temporal_radius=τ): repeated for every pixel "
+                               "of every frame")
+
+
 def omega_patterns() -> Diagram:
     """Chapter 6's unified view: which positions p each operation reads for one output p′."""
     d = Diagram("omega_patterns", 400, "Aggregation patterns ω of the unified view",
@@ -1028,6 +1220,7 @@ def omega_patterns() -> Diagram:
 
 DIAGRAMS: Dict[str, Callable[[], Diagram]] = {
     "nlm_patches.svg": nlm_patches,
+    "nlm_spacetime.svg": nlm_spacetime,
     "nonlocal_block.svg": nonlocal_block,
     "se.svg": se,
     "cbam.svg": cbam,

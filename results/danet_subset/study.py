@@ -42,6 +42,8 @@ VARIANTS = {
     "danet-official": ("danet", {"cam_energy": "official"}, 0.1, None),
     "danet-lr0.05": ("danet", {}, 0.05, None),
     "danet-clip1": ("danet", {}, 0.1, 1.0),
+    "danet-mean": ("danet", {"cam_energy": "mean"}, 0.1, None),   # CAM energy A Aᵀ / N: no one-hot map
+    "cam-mean": ("cam", {"cam_energy": "mean"}, 0.1, None),
 }
 EPOCHS, BATCH, SEED, WD, SMOOTHING = 10, 128, 0, 5e-4, 0.1
 
