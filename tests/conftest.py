@@ -95,3 +95,35 @@ class LocalServer:
             self._stop.set()
             self._httpd.shutdown()
             self._httpd.server_close()
+
+
+def largest_saved_tensor(module, x) -> int:
+    """Elements of the largest tensor autograd saves for the backward of ``module(x).sum()``.
+
+    Runs the backward too, so a path that saved a view it cannot use fails here. An N×N map
+    kept for backward shows up as N·N elements.
+    """
+    import torch
+
+    sizes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+        y = module(x)
+    y.sum().backward()
+    return max(sizes)
+
+
+def assert_every_path_matches(module, x, reference, implementations) -> None:
+    """``module(x)`` and its gradients (x and every parameter) equal ``reference(x, module)``
+    for each value of ``module.implementation`` in ``implementations``; outputs contiguous."""
+    import torch
+
+    g = torch.randn(x.shape, dtype=x.dtype)
+    wanted = [x, *module.parameters()]
+    expected = torch.autograd.grad(reference(x, module), wanted, g)
+    for implementation in implementations:
+        module.implementation = implementation
+        y = module(x)
+        assert y.is_contiguous(), implementation
+        torch.testing.assert_close(y, reference(x, module))
+        for a, b in zip(torch.autograd.grad(y, wanted, g), expected):
+            torch.testing.assert_close(a, b)

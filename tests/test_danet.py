@@ -8,7 +8,7 @@ import torch
 from nltutorial.danet import ChannelAttention, DualAttention, PositionAttention
 from nltutorial.nonlocal_block import IMPLEMENTATIONS
 
-from conftest import randomize_
+from conftest import assert_every_path_matches, largest_saved_tensor, randomize_
 
 
 
@@ -222,17 +222,9 @@ def test_pam_implementations_agree_outputs_and_gradients(channels, rd_ratio, sid
     explicit map and "auto" against the einsum formula, values and every gradient."""
     pam = randomize_(PositionAttention(channels, rd_ratio=rd_ratio))
     x = (torch.randn(2, channels, side, side + 1, dtype=torch.float64) * 0.3).requires_grad_()
-    g = torch.randn(x.shape, dtype=torch.float64)
-    wanted = [x, *pam.parameters()]
-    expected = torch.autograd.grad(plain_pam(x, pam), wanted, g)
     s_scaled = torch.softmax(pam.attention(x).log() / math.sqrt(pam.rd_channels), dim=-1)
     assert (s_scaled - pam.attention(x)).abs().max() > 1e-2          # the scale matters for these weights
-    for implementation in IMPLEMENTATIONS:
-        pam.implementation = implementation
-        y = pam(x)
-        torch.testing.assert_close(y, plain_pam(x, pam))
-        for a, b in zip(torch.autograd.grad(y, wanted, g), expected):
-            torch.testing.assert_close(a, b)
+    assert_every_path_matches(pam, x, plain_pam, IMPLEMENTATIONS)
 
 
 @pytest.mark.parametrize("implementation", ["fast", "naive"])
@@ -241,12 +233,8 @@ def test_pam_fast_path_keeps_no_map_for_backward(implementation):
     with torch.no_grad():
         pam.gamma.fill_(1.0)
     x = torch.randn(1, 16, 16, 16, requires_grad=True)
-    sizes = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
-        y = pam(x)
-    y.sum().backward()
     N = 16 * 16
-    assert (max(sizes) < N * N // 4) == (implementation == "fast")
+    assert (largest_saved_tensor(pam, x) < N * N // 4) == (implementation == "fast")
 
 
 def test_pam_implementation_is_validated_and_not_part_of_the_state():

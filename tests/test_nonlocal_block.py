@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from conftest import largest_saved_tensor
+
 from nltutorial.nonlocal_block import (IMPLEMENTATIONS, MODES, NonLocalBlock, choose_implementation,
                                        relu_pairs_sorted, wake)
 from nltutorial.video_models import video_resnet
@@ -263,10 +265,7 @@ def test_query_split_over_threads_matches_reference(mode, monkeypatch):
         # ... and still no N×N matrix: the fused kernel needs a stride-1 last dim in every head
         block = NonLocalBlock(8, 4, 2, mode, sub_sample=False, implementation="fast")
         x = torch.randn(1, 8, 16, 16, requires_grad=True)
-        sizes = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
-            block(x).sum().backward()
-        assert max(sizes) < 256 * 256 // 4  # k, v are saved as split-fold expanded views
+        assert largest_saved_tensor(block, x) < 256 * 256 // 4  # k, v: split-fold expanded views
     finally:
         torch.set_num_threads(threads)
 

@@ -8,7 +8,7 @@ import torch
 from nltutorial.nonlocal_block import IMPLEMENTATIONS
 from nltutorial.sagan import SelfAttention2d
 
-from conftest import randomize_
+from conftest import assert_every_path_matches, largest_saved_tensor, randomize_
 
 
 
@@ -163,18 +163,9 @@ def test_implementations_agree_outputs_and_gradients(kwargs, channels, side):
     the explicit β and "auto" against the einsum formula, values and every gradient."""
     layer = randomize_(SelfAttention2d(channels, **kwargs))
     x = (torch.randn(2, channels, side, side + 2, dtype=torch.float64) * 0.3).requires_grad_()
-    g = torch.randn(x.shape, dtype=torch.float64)
-    wanted = [x, *layer.parameters()]
-    expected = torch.autograd.grad(plain_sagan(x, layer), wanted, g)
     beta = layer.attention(x)
     assert (torch.softmax(beta.log() / math.sqrt(layer.rd_channels), -1) - beta).abs().max() > 1e-2  # scale matters
-    for implementation in IMPLEMENTATIONS:
-        layer.implementation = implementation
-        y = layer(x)
-        assert y.is_contiguous()
-        torch.testing.assert_close(y, plain_sagan(x, layer))
-        for a, b in zip(torch.autograd.grad(y, wanted, g), expected):
-            torch.testing.assert_close(a, b)
+    assert_every_path_matches(layer, x, plain_sagan, IMPLEMENTATIONS)
 
 
 @pytest.mark.parametrize("implementation", ["fast", "naive"])
@@ -183,11 +174,7 @@ def test_fast_path_keeps_no_map_for_backward(implementation):
     with torch.no_grad():
         layer.gamma.fill_(1.0)
     x = torch.randn(1, 16, 16, 16, requires_grad=True)
-    sizes = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
-        y = layer(x)
-    y.sum().backward()
-    assert (max(sizes) < 256 * 256 // 4) == (implementation == "fast")
+    assert (largest_saved_tensor(layer, x) < 256 * 256 // 4) == (implementation == "fast")
 
 
 def test_implementation_is_validated_and_not_part_of_the_state():

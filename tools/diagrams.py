@@ -371,6 +371,38 @@ class Diagram:
 # --------------------------------------------------------------------------------------
 
 
+def _attention_core(d: Diagram, mid: float, top: float, q: Tuple[float, Node], k: Tuple[float, Node],
+                    v: Tuple[float, Node], labels: Sequence[str], mix: Tuple[Sequence[str], str],
+                    out: Tuple[str, Node], gap: float = 0.0) -> None:
+    """The shared lower half of the non-local and PAM diagrams, from ``top`` down.
+
+    q, k, v: (column x, reshape box) of the three embeddings; labels: the edge labels
+    (q, k, energies, map, v, product, after the reshape, mixed), mix: (lines, kind) of the
+    box before the ⊕, out: (name, input box) for the output and the identity shortcut;
+    gap: extra space above the mixing box.
+    """
+    (qc, qb), (kc, kb), (vc, vb) = q, k, v
+    lq, lk, energies, weights, lv, product, after, mixed = labels
+    m1 = d.op(mid, top, "⊗")
+    d.line([(qc, qb.bottom), (qc, m1.cy), (m1.left, m1.cy)], label=lq, at=0)
+    d.line([(kc, kb.bottom), (kc, m1.cy), (m1.right, m1.cy)], label=lk, at=0)
+    soft = d.box(mid, top + 65, ["softmax", "over j"], "gate")
+    d.connect(m1, soft, energies)
+    m2 = d.op(mid, top + 140, "⊗")
+    d.connect(soft, m2, weights)
+    d.line([(vc, vb.bottom), (vc, m2.cy), (m2.right, m2.cy)], label=lv, at=0)
+    back = d.box(mid, top + 205, ["reshape"], "reshape")
+    d.connect(m2, back, product)
+    scale = d.box(mid, top + 275 + gap, *mix)
+    d.connect(back, scale, after)
+    add = d.op(mid, top + 345 + gap, "⊕")
+    d.connect(scale, add, mixed)
+    name, src = out
+    result = d.box(mid, top + 402 + gap, [name], "io")
+    d.connect(add, result, mixed)
+    d.line([(src.left, src.cy), (26, src.cy), (26, add.cy), (add.left, add.cy)], label=mixed, at=0)
+
+
 def nonlocal_block() -> Diagram:
     """Wang et al.'s Fig. 2 for an image: nltutorial.NonLocalBlock(mode="embedded")."""
     d = Diagram("nonlocal_block", 800, "The embedded-Gaussian non-local block",
@@ -398,23 +430,10 @@ def nonlocal_block() -> Diagram:
     d.connect(convs["θ"], flat["θ"], "B×C/2×H×W")
     for name in ("φ", "g"):
         d.connect(pools[name], flat[name], "B×C/2×H×W")
-    m1 = d.op(mid, 340, "⊗")
-    d.line([(tc, flat["θ"].bottom), (tc, m1.cy), (m1.left, m1.cy)], label="B×N×C/2", at=0)
-    d.line([(pc, flat["φ"].bottom), (pc, m1.cy), (m1.right, m1.cy)], label="B×C/2×N", at=0)
-    soft = d.box(mid, 405, ["softmax", "over j"], "gate")
-    d.connect(m1, soft, "B×N×N")
-    m2 = d.op(mid, 480, "⊗")
-    d.connect(soft, m2, "B×N×N")
-    d.line([(gc, flat["g"].bottom), (gc, m2.cy), (m2.right, m2.cy)], label="B×N×C/2", at=0)
-    back = d.box(mid, 545, ["reshape"], "reshape")
-    d.connect(m2, back, "B×N×C/2")
-    wz = d.box(mid, 620, ["W_{z}: 1×1 conv + BN", "C/2 → C, BN zero-init"], "conv")
-    d.connect(back, wz, "B×C/2×H×W")
-    add = d.op(mid, 690, "⊕")
-    d.connect(wz, add, "B×C×H×W")
-    z = d.box(mid, 748, ["z"], "io")
-    d.connect(add, z, "B×C×H×W")
-    d.line([(x.left, x.cy), (26, x.cy), (26, add.cy), (add.left, add.cy)], label="B×C×H×W", at=0)
+    _attention_core(d, mid, 340, (tc, flat["θ"]), (pc, flat["φ"]), (gc, flat["g"]),
+                    ["B×N×C/2", "B×C/2×N", "B×N×N", "B×N×N", "B×N×C/2", "B×N×C/2",
+                     "B×C/2×H×W", "B×C×H×W"],
+                    (["W_{z}: 1×1 conv + BN", "C/2 → C, BN zero-init"], "conv"), ("z", x), gap=5)
     d.notes(392, 560, ["N = H·W positions; ⊗ of two matrices is", "their matrix product.",
                        "Dashed: the optional 2×2 max-pool on φ and g",
                        "(sub_sample=True, the package default); then",
@@ -590,23 +609,10 @@ def danet_pam() -> Diagram:
     flat = {name: d.box(cx, 200, ["reshape"], "reshape") for cx, name in ((bc, "B"), (cc, "C"), (dc, "D"))}
     for name, shape in (("B", "B×C/8×H×W"), ("C", "B×C/8×H×W"), ("D", "B×C×H×W")):
         d.connect(convs[name], flat[name], shape)
-    m1 = d.op(mid, 270, "⊗")
-    d.line([(bc, flat["B"].bottom), (bc, m1.cy), (m1.left, m1.cy)], label="B×N×C/8", at=0)
-    d.line([(cc, flat["C"].bottom), (cc, m1.cy), (m1.right, m1.cy)], label="B×C/8×N", at=0)
-    soft = d.box(mid, 335, ["softmax", "over j"], "gate")
-    d.connect(m1, soft, "B×N×N")
-    m2 = d.op(mid, 410, "⊗")
-    d.connect(soft, m2, "S: B×N×N")
-    d.line([(dc, flat["D"].bottom), (dc, m2.cy), (m2.right, m2.cy)], label="B×C×N", at=0)
-    back = d.box(mid, 475, ["reshape"], "reshape")
-    d.connect(m2, back, "D Sᵀ: B×C×N")
-    scale = d.box(mid, 545, ["× α", "learnable, 0 at start"], "conv")
-    d.connect(back, scale, "B×C×H×W")
-    add = d.op(mid, 615, "⊕")
-    d.connect(scale, add, "B×C×H×W")
-    e = d.box(mid, 672, ["E"], "io")
-    d.connect(add, e, "B×C×H×W")
-    d.line([(a.left, a.cy), (26, a.cy), (26, add.cy), (add.left, add.cy)], label="B×C×H×W", at=0)
+    _attention_core(d, mid, 270, (bc, flat["B"]), (cc, flat["C"]), (dc, flat["D"]),
+                    ["B×N×C/8", "B×C/8×N", "B×N×N", "S: B×N×N", "B×C×N", "D Sᵀ: B×C×N",
+                     "B×C×H×W", "B×C×H×W"],
+                    (["× α", "learnable, 0 at start"], "conv"), ("E", a))
     d.notes(392, 470, ["N = H·W positions; ⊗ of two matrices is", "their matrix product.",
                        "S_{ij} = softmax over j of B_{i} · C_{j}: the",
                        "embedded-Gaussian non-local operation",
