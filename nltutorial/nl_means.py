@@ -67,16 +67,29 @@ it fast:
 * Batching: up to 13 offsets dx of one (δ, dy) row of the window, for several frame
   pairs (t, t + δ), go through every step as one tensor (a strided view of the padded
   frames, no copy), so each torch operation works on ~5·10⁵ values and the
-  per-operation overhead is amortised; rows of the image are processed in bands so
-  that these tensors stay cache-sized.
+  per-operation overhead is amortised; rows of the image are processed in bands of
+  equal height (the last one overlaps its neighbour) so that these tensors stay cache-sized.
+* Views built once: each band is copied into the same buffer, so the ~30 strided views
+  of every batch (inputs, scratch, accumulators) are built for the first band only and
+  reused; the loop then runs ~20 torch operations per batch and nothing else.
+* Small working set: the tensors of a batch that are never live together share one
+  work buffer (squared differences → first pass → second pass → products), so a batch
+  touches ~2.3 times its map size instead of ~5 (this alone was worth ~20 % of the time).
 * The first filter pass (along the rows) is one matrix product per batch, with a band
   Toeplitz matrix of g over blocks of 4 rows (a GEMM reads its input once); the second
-  is P shifted multiply-adds.
-* Constants are folded: 1/C, −1/h² and log₂e go into the filter taps and 2σ²/h² into
-  the first tap of the second pass, so the filters give log₂ w directly and the
-  weights are exp2 (half the cost of exp).
+  is P − 1 shifted multiply-adds on flat, contiguous views (a map keeps the row stride of
+  the first pass; the 2 pr extra columns of each row are never read).
+* Constants are folded: 1/C, −1/h², log₂e and g₀ go into the first pass, 1/g₀ into the
+  second (whose first operation then adds two taps), and −2σ² into the squared
+  differences ((x − y)² − 2σ² is one fused multiply-add), so the filters give log₂ w
+  directly and the weights are exp2 (half the cost of exp).
+* Accumulation: the weights w and the products w·x sit in one strided tensor
+  z = [w·x, w], so that Σ_n over a batch of [w·x, w] is one reduction for the pixels i
+  (w(i, i + o_n)) and one for the pixels j (w(j, j − o_n): a view whose stride over n is
+  one less than the row length).
 * Threads: with torch.get_num_threads() = n > 1 on the CPU the bands run in n threads
-  (one torch thread each), which need no synchronisation between operations.
+  (one torch thread each), which need no synchronisation between operations; the calling
+  thread runs single-threaded meanwhile (an idle OpenMP team would otherwise spin on a core).
 
 The results agree with the loop formula to float32 rounding (≈ 1e-6).
 """
@@ -308,31 +321,22 @@ class _Plan(NamedTuple):
     pad_h: int            # row padding pr + sr + _GEMM_ROWS − 1 (the GEMM rounds the rows up)
     pad_w: int            # column padding pr + 2 sr (a batch of dx shifts its domain by up to sr)
     width: int            # W, columns of the frames
-    g_rows: torch.Tensor  # (b, b + 2 pr) first pass as a matrix: band Toeplitz of g · (−log₂e / (C h²))
-    g_cols: list          # second pass taps: g
-    bias: torch.Tensor    # 0-dim, 2σ² · log₂e / h²
+    g_rows: torch.Tensor  # (b, b + 2 pr) first pass: band Toeplitz of g · g₀ · (−log₂e / (C h²))
+    g_cols: list          # second pass taps: g / g₀ (the first is 1)
+    bias: torch.Tensor    # 0-dim, −2σ², subtracted from every squared difference
 
 
-def _buffer(ws: dict, name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
-    """A reusable scratch tensor of ``shape`` (its values are garbage), grown when needed."""
-    n = math.prod(shape)
+def _buffer(ws: dict, name: str, numel: int, like: torch.Tensor) -> torch.Tensor:
+    """A flat scratch tensor of at least ``numel`` values (garbage), kept in ``ws`` under ``name``."""
     buf = ws.get(name)
-    if buf is None or buf.numel() < n:
-        buf = ws[name] = torch.empty(n, dtype=like.dtype, device=like.device)
-    return buf[:n].view(shape)
+    if buf is None or buf.numel() < numel:
+        buf = ws[name] = torch.empty(numel, dtype=like.dtype, device=like.device)
+    return buf
 
 
-def _filter(x: torch.Tensor, g: list, dim: int, out: torch.Tensor,
-            bias: torch.Tensor | None = None) -> torch.Tensor:
-    """out = bias + Σ_k g[k] · x[k : k + n] along ``dim`` (valid correlation), n = out.shape[dim]."""
-    n = out.shape[dim]
-    if bias is None:
-        torch.mul(x.narrow(dim, 0, n), g[0], out=out)
-    else:
-        torch.add(bias, x.narrow(dim, 0, n), alpha=g[0], out=out)
-    for k in range(1, len(g)):
-        out.add_(x.narrow(dim, k, n), alpha=g[k])
-    return out
+def _view(base: torch.Tensor, shape: tuple, strides: tuple, offset: int) -> torch.Tensor:
+    """The strided view of ``base``'s storage at ``offset`` values after base's first value."""
+    return base.as_strided(shape, strides, base.storage_offset() + offset)
 
 
 def _row_filter_matrix(g: list, rows: int, device) -> torch.Tensor:
@@ -354,115 +358,265 @@ def _offset_batches(dt: int, sr: int, size: int) -> list[tuple[int, int, int]]:
     return [(dy, dx0, min(size, sr + 1 - dx0)) for dy, lo in rows for dx0 in range(lo, sr + 1, size)]
 
 
-def _log_weights(xq: torch.Tensor, xc: torch.Tensor, dy: int, dx0: int, nb: int, plan: _Plan,
-                 ws: dict) -> tuple[torch.Tensor, int, int]:
-    """log₂ w(i, i + o_n) for the nb offsets o_n = (δ, dy, dx0 + n), n < nb, of frame pairs (t, t + δ).
+class _Batch(NamedTuple):
+    """One batch: the offsets o_n = (δ, dy, dx0 + n), n < nb, for the query frames f0 … f0 + F − 1."""
 
-    xq, xc: (F, C, B + 2 pad_h, W + 2 pad_w) padded bands of the query frames t and of the
-    candidate frames t + δ (the same tensor when δ = 0).  Returns (s, y0, x0): s of shape
-    (Hd, F, nb, Wd), s[r, f, n, c] = −max(d²(i, i + o_n) − 2σ², 0)·log₂e/h² at the pixel
-    i = (y0 + r, x0 + c) of query frame f, on the union of the pixels i of the band and the
-    pixels j − o_n, j in the band (Hd = B + |dy| rows, Wd columns).  The maps are stored rows
-    first so that the first filter pass is one matrix product over all of them.
+    dt: int
+    f0: int
+    frames: int           # F
+    dy: int
+    dx0: int
+    nb: int
+
+
+class _Domain(NamedTuple):
+    """Where the maps s_n(i) = log₂ w(i, i + o_n) of a batch are computed, in band coordinates.
+
+    Rows y0 … y0 + rows − 1 and columns x0 … x0 + cols − 1: the union of the band's pixels i
+    (for w(i, i + o_n)) and of the pixels j − o_n, j in the band (for w(j, j − o_n)).
     """
-    pr, R, Rc, W = plan.pr, plan.pad_h, plan.pad_w, plan.width
-    F, C, Bp = xq.shape[:3]
-    B = Bp - 2 * R                                            # rows of the band
-    y0, Hd = min(0, -dy), B + abs(dy)                         # the domain, in band coordinates
-    x0, Wd = min(0, -(dx0 + nb - 1)), W + max(0, -dx0) - min(0, -(dx0 + nb - 1))
-    b = plan.g_rows.shape[0]
-    Hr = -(-Hd // b) * b                                      # rows rounded up to the GEMM blocks
-    nr, nc = Hr + 2 * pr, Wd + 2 * pr                        # with the patch margins
-    top, left = R + y0 - pr, Rc + x0 - pr                     # that region in xq
-    sF, sC, sH, _ = xc.stride()
-    p_q = xq.permute(2, 0, 1, 3)[top:top + nr, :, :, None, left:left + nc]   # (nr, F, C, 1, nc) x(i + k)
-    p_c = xc.as_strided((nr, F, C, nb, nc), (sH, sF, sC, 1, 1),        # (nr, F, C, nb, nc) x(i + o_n + k)
-                        xc.storage_offset() + (top + dy) * sH + left + dx0)
 
-    d = torch.sub(p_q, p_c, out=_buffer(ws, "d", (nr, F, C, nb, nc), xq)).square_()
-    d = d[:, :, 0] if C == 1 else torch.sum(d, 2, out=_buffer(ws, "d2", (nr, F, nb, nc), xq))
-    L = F * nb * nc                                           # d: (nr, F, nb, nc) = nr rows of L values
-    blocks = d.as_strided((Hr // b, b + 2 * pr, L), (b * L, L, 1))   # overlapping blocks of rows
-    v = _buffer(ws, "v", (Hr, F, nb, nc), xq)
-    torch.matmul(plan.g_rows, blocks, out=v.view(Hr // b, b, L))     # first pass (rows), a GEMM
-    s = _filter(v[:Hd], plan.g_cols, -1, _buffer(ws, "s", (Hd, F, nb, Wd), xq), plan.bias)
-    return s.clamp_max_(0.0), y0, x0                          # (Hd, F, nb, Wd) log₂ w
+    y0: int               # 0 or −dy
+    rows: int             # Hd = B + |dy|
+    x0: int               # 0 or −(dx0 + nb − 1)
+    cols: int             # Wd
+    gemm_rows: int        # Hr: rows rounded up to the blocks of the first (GEMM) pass
 
 
-def _accumulate(xq: torch.Tensor, xc: torch.Tensor, dy: int, dx0: int, nb: int,
-                acc_q: tuple, acc_c: tuple, plan: _Plan, ws: dict) -> None:
-    """Add the weights of the nb offsets o_n = (δ, dy, dx0 + n), n < nb, of frame pairs (t, t + δ).
+def _domain(B: int, W: int, dy: int, dx0: int, nb: int, b: int) -> _Domain:
+    y0, Hd = min(0, -dy), B + abs(dy)
+    x0 = min(0, -(dx0 + nb - 1))
+    Wd = W + max(0, -dx0) - x0
+    return _Domain(y0, Hd, x0, Wd, -(-Hd // b) * b)
 
-    xq, xc as in :func:`_log_weights`.  acc_q, acc_c: (num (F, C, B, W), den (F, B, W),
-    lmax (F, B, W)) of the query and candidate frames: Σ_j w(i, j) x(j), Σ_{j≠i} w(i, j) and
-    max_{j≠i} log₂ w(i, j) so far.  One map s_n(i) = log₂ w(i, i + o_n) serves both frames:
-    w(i, i + o_n) for i in the query band, and w(j, j − o_n) = s_n(j − o_n) for j in the
-    candidate band, a strided view of s (a stride of Wd − 1 over n).
+
+class _DistanceViews(NamedTuple):
+    """Views for :func:`_log_weights` (shapes with nr = Hr + 2 pr, nc = Wd + 2 pr, L = F·nb·nc)."""
+
+    x_q: torch.Tensor     # (nr, F, C, nb, nc) x(i + k), stride 0 over n
+    x_c: torch.Tensor     # (nr, F, C, nb, nc) x(i + o_n + k)
+    d: torch.Tensor       # (nr, F, C, nb, nc) (x(i + k) − x(i + o_n + k))² − 2σ²
+    d_sum: torch.Tensor | None  # (nr, F, nb, nc) Σ_c of it (colour), None for grey
+    g_rows: torch.Tensor  # (Hr / b, b, b + 2 pr) the Toeplitz matrix, expanded over the blocks
+    blocks: torch.Tensor  # (Hr / b, b + 2 pr, L) overlapping blocks of rows of d (or d_sum)
+    v: torch.Tensor       # (Hr / b, b, L) first pass (rows)
+    taps: tuple           # P flat views (Hd·F·nb·nc,) of v shifted by k = 0 … P − 1 columns
+    s: torch.Tensor       # (Hd·F·nb·nc,) second pass (columns): log₂ w, flat; channel C of z
+
+
+class _SumViews(NamedTuple):
+    """Views for :func:`_accumulate`.  z = (C + 1, Hd, F, nb, nc) = [w·x (C channels), w]."""
+
+    s_fwd: torch.Tensor   # (F, nb, B, W) log₂ w(i, i + o_n), i in the band
+    s_bwd: torch.Tensor   # (F, nb, B, W) log₂ w(j, j − o_n) = s_n(j − o_n), j in the band
+    t_max: torch.Tensor   # (F, B, W) scratch
+    lmax_q: torch.Tensor  # (F, B, W) max log₂ w so far, query frames
+    lmax_c: torch.Tensor  # (F, B, W) candidate frames
+    s: torch.Tensor       # (Hd·F·nb·nc,) log₂ w, made w in place
+    w_fwd: torch.Tensor   # (C, F, nb, B, W) w(i, i + o_n), stride 0 over C
+    x_fwd: torch.Tensor   # (C, F, nb, B, W) x(i + o_n)
+    wx_fwd: torch.Tensor  # (C, F, nb, B, W) z[:C] at the band's pixels i
+    w_i: torch.Tensor     # (C, F, nb, B, Wd) w(i, i + o_n) on the rows i = j − o_n, stride 0 over C
+    x_i: torch.Tensor     # (C, F, nb, B, Wd) x(i), stride 0 over n
+    wx_i: torch.Tensor    # (C, F, nb, B, Wd) z[:C] on those rows (after z_fwd is summed)
+    z_fwd: torch.Tensor   # (F, C + 1, nb, B, W) z at i: [w(i, i + o_n) x(i + o_n), w(i, i + o_n)]
+    z_bwd: torch.Tensor   # (F, C + 1, nb, B, W) z at j − o_n: [w(j, j − o_n) x(j − o_n), w(j, j − o_n)]
+    t_sum: torch.Tensor   # (F, C + 1, B, W) scratch
+    acc_q: torch.Tensor   # (F, C + 1, B, W) [Σ_j w(i, j) x(j), Σ_j w(i, j)] of the query frames
+    acc_c: torch.Tensor   # (F, C + 1, B, W) the same of the candidate frames
+
+
+def _band_batches(T: int, C: int, B: int, tau: int, plan: _Plan) -> list[_Batch]:
+    """Every batch of a band: time offsets δ = 0 … min(τ, T − 1), frame pairs, offset batches."""
+    sr, pr, W = plan.sr, plan.pr, plan.width
+    nb_max = _dx_batch(sr)
+    per_pair = nb_max * (B + sr + 2 * pr) * (W + 2 * sr + 2 * pr)   # values per batch and frame pair
+    pairs = max(1, _BATCH_VALUES // max(1, C * per_pair))           # frame pairs per batch
+    return [_Batch(dt, f0, min(T - dt, f0 + pairs) - f0, dy, dx0, nb)
+            for dt in range(0, min(tau, T - 1) + 1)
+            for f0 in range(0, T - dt, pairs)
+            for dy, dx0, nb in _offset_batches(dt, sr, nb_max)]
+
+
+class _Layout(NamedTuple):
+    """Offsets of one batch's tensors in the shared work buffer (shapes as in _DistanceViews)."""
+
+    zs: int               # channel stride of z = (C + 1, Hd, F, nb, nc): [w·x (C channels), w = z[C]]
+    d_in: int             # the GEMM's input (d for grey, d_sum for colour), where s will be
+    d: int                # colour: d, after d_sum
+    end: int              # values used
+
+
+def _layout(C: int, t: _Batch, dom: _Domain, pr: int) -> _Layout:
+    """Tensors that are never live at the same time share memory, so that a batch stays cache-sized.
+
+    Order of use: d → d_sum → (GEMM) v → (second pass) s → the products z[:C] (over v: dead).
+    v sits at 0, in z[:C]; d_sum at s, which must not overlap v (nor its last 2 pr values read).
     """
+    nc = dom.cols + 2 * pr
+    zc = t.frames * t.nb * dom.rows * nc                      # values per channel of z
+    v_len = t.frames * t.nb * dom.gemm_rows * nc + 2 * pr     # with the second pass's overrun
+    d_len = t.frames * t.nb * (dom.gemm_rows + 2 * pr) * nc   # per channel
+    zs = max(zc, -(-v_len // C))                              # so that v fits in z[:C]
+    d_in = C * zs
+    d = d_in + d_len
+    return _Layout(zs, d_in, d, max((C + 1) * zs, d + (C * d_len if C > 1 else 0)))
+
+
+def _band_program(xb: torch.Tensor, acc: torch.Tensor, lmax: torch.Tensor, tau: int, plan: _Plan,
+                  ws: dict) -> list[tuple[_DistanceViews, _SumViews]]:
+    """The views of every batch of a band, built once and reused by every band of the same height.
+
+    xb: (T, C, B + 2 pad_h, W + 2 pad_w) the padded band (a buffer that each band is copied into),
+    acc: (T, C + 1, B, W) [Σ_j w(i, j) x(j), Σ_j w(i, j)], lmax: (T, B, W).  The
+    work buffers are sized for the largest batch first, so that every view lies in them.
+    """
+    T, C, Bp, _ = xb.shape
+    B, b = Bp - 2 * plan.pad_h, plan.g_rows.shape[0]
+    batches = _band_batches(T, C, B, tau, plan)
+    domains = [_domain(B, plan.width, t.dy, t.dx0, t.nb, b) for t in batches]
+    layouts = [_layout(C, t, dom, plan.pr) for t, dom in zip(batches, domains)]
+    work = _buffer(ws, "work", max((lay.end for lay in layouts), default=0), xb)
+    frames = max((t.frames for t in batches), default=0)
+    scratch = _buffer(ws, "scratch", frames * (C + 1) * B * plan.width, xb)
+    return [(_distance_views(xb, t, dom, lay, plan, work),
+             _sum_views(xb, acc, lmax, t, dom, lay, plan, work, scratch))
+            for t, dom, lay in zip(batches, domains, layouts)]
+
+
+def _distance_views(xb: torch.Tensor, t: _Batch, dom: _Domain, lay: _Layout, plan: _Plan,
+                    work: torch.Tensor) -> _DistanceViews:
+    """The views of one batch for :func:`_log_weights`, in xb (T, C, Bp, Wp) and the work buffer."""
+    T, C, Bp, Wp = xb.shape
+    pr, R, Rc, P, b = plan.pr, plan.pad_h, plan.pad_w, len(plan.g_cols), plan.g_rows.shape[0]
+    F, nb = t.frames, t.nb
+    Hd, Hr = dom.rows, dom.gemm_rows
+    nr, nc = Hr + 2 * pr, dom.cols + 2 * pr                   # the domain with the patch margins
+    sT, sC, sH = C * Bp * Wp, Bp * Wp, Wp                     # strides of xb
+    top, left = R + dom.y0 - pr, Rc + dom.x0 - pr             # the domain's corner in xb
+
+    def part(offset: int, *shape: int) -> torch.Tensor:      # contiguous piece of the work buffer
+        return work[offset:offset + math.prod(shape)].view(shape)
+
+    x_q = _view(xb, (nr, F, C, nb, nc), (sH, sT, sC, 0, 1), t.f0 * sT + top * sH + left)
+    x_c = _view(xb, (nr, F, C, nb, nc), (sH, sT, sC, 1, 1),
+                (t.f0 + t.dt) * sT + (top + t.dy) * sH + left + t.dx0)
+    d_in = part(lay.d_in, nr, F, nb, nc)
+    d, d_sum = (part(lay.d, nr, F, C, nb, nc), d_in) if C > 1 else (d_in.view(nr, F, 1, nb, nc), None)
+    L = F * nb * nc                                           # values per row of d
+    blocks = _view(d_in, (Hr // b, b + 2 * pr, L), (b * L, L, 1), 0)
+    M = Hd * F * nb * nc                                      # s, flat, with the rows of v: stride nc
+    taps = tuple(work[k:k + M] for k in range(P))             # v (at 0) shifted by k columns; the
+    s = work[C * lay.zs:C * lay.zs + M]                       # last 2 pr of a row: unused garbage
+    return _DistanceViews(x_q, x_c, d, d_sum, plan.g_rows.expand(Hr // b, b, b + 2 * pr), blocks,
+                          part(0, Hr // b, b, L), taps, s)
+
+
+def _sum_views(xb: torch.Tensor, acc: torch.Tensor, lmax: torch.Tensor, t: _Batch, dom: _Domain,
+               lay: _Layout, plan: _Plan, work: torch.Tensor, scratch: torch.Tensor) -> _SumViews:
+    """The views of one batch for :func:`_accumulate`, in xb, the work buffer and acc, lmax."""
+    T, C, Bp, Wp = xb.shape
     R, Rc, W = plan.pad_h, plan.pad_w, plan.width
-    F, C, Bp = xq.shape[:3]
-    B = Bp - 2 * R
-    s, y0, x0 = _log_weights(xq, xc, dy, dx0, nb, plan, ws)  # (Hd, F, nb, Wd)
-    ss, Wd = s.stride(), s.shape[3]
-    s_fwd = s[-y0:-y0 + B, :, :, -x0:-x0 + W].permute(1, 2, 0, 3)    # (F, nb, B, W) w(i, i + o_n)
-    s_bwd = s.as_strided((F, nb, B, W), (ss[1], ss[2] - 1, ss[0], 1),  # (F, nb, B, W) w(j, j − o_n)
-                         s.storage_offset() + (-dy - y0) * ss[0] - dx0 - x0)
-    num_q, den_q, lmax_q = acc_q
-    num_c, den_c, lmax_c = acc_c
-    t = _buffer(ws, "t", (F, B, W), xq)
-    torch.maximum(lmax_q, torch.amax(s_fwd, 1, out=t), out=lmax_q)
-    torch.maximum(lmax_c, torch.amax(s_bwd, 1, out=t), out=lmax_c)
-    s.exp2_()                                                 # the weights (s_fwd, s_bwd are views)
-    den_q.add_(torch.sum(s_fwd, 1, out=t))
-    den_c.add_(torch.sum(s_bwd, 1, out=t))
+    B, F, nb, dy, dx0 = Bp - 2 * R, t.frames, t.nb, t.dy, t.dx0
+    fq, fc = t.f0, t.f0 + t.dt                                # first query and candidate frame
+    Hd, Wd, nc = dom.rows, dom.cols, dom.cols + 2 * plan.pr
+    sT, sC, sH = C * Bp * Wp, Bp * Wp, Wp                     # strides of xb
+    zs, zH, zF, zn = lay.zs, F * nb * nc, nb * nc, nc         # strides of z
+    z = _view(work, (C + 1, Hd, F, nb, nc), (zs, zH, zF, zn, 1), 0)
+    fwd = -dom.y0 * zH - dom.x0                               # band pixel (0, 0) in the domain
+    bwd_rows = (-dy - dom.y0) * zH                            # rows of the pixels j − o_n
+    bwd = bwd_rows - dx0 - dom.x0                             # j = (0, 0) minus o_0
+    return _SumViews(
+        s_fwd=_view(z, (F, nb, B, W), (zF, zn, zH, 1), C * zs + fwd),
+        s_bwd=_view(z, (F, nb, B, W), (zF, zn - 1, zH, 1), C * zs + bwd),
+        t_max=scratch[:F * B * W].view(F, B, W), lmax_q=lmax[fq:fq + F], lmax_c=lmax[fc:fc + F],
+        s=work[C * zs:C * zs + Hd * zH],
+        w_fwd=_view(z, (C, F, nb, B, W), (0, zF, zn, zH, 1), C * zs + fwd),
+        x_fwd=_view(xb, (C, F, nb, B, W), (sC, sT, 1, sH, 1), fc * sT + (R + dy) * sH + Rc + dx0),
+        wx_fwd=_view(z, (C, F, nb, B, W), (zs, zF, zn, zH, 1), fwd),
+        w_i=_view(z, (C, F, nb, B, Wd), (0, zF, zn, zH, 1), C * zs + bwd_rows),
+        x_i=_view(xb, (C, F, nb, B, Wd), (sC, sT, 0, sH, 1), fq * sT + (R - dy) * sH + Rc + dom.x0),
+        wx_i=_view(z, (C, F, nb, B, Wd), (zs, zF, zn, zH, 1), bwd_rows),
+        z_fwd=_view(z, (F, C + 1, nb, B, W), (zF, zs, zn, zH, 1), fwd),
+        z_bwd=_view(z, (F, C + 1, nb, B, W), (zF, zs, zn - 1, zH, 1), bwd),
+        t_sum=scratch[:F * (C + 1) * B * W].view(F, C + 1, B, W),
+        acc_q=acc[fq:fq + F], acc_c=acc[fc:fc + F])
 
-    tc = _buffer(ws, "tc", (F, C, B, W), xq)
-    sF, sC, sH, _ = xc.stride()
-    x_fwd = xc.as_strided((F, C, nb, B, W), (sF, sC, 1, sH, 1),   # (F, C, nb, B, W) x(i + o_n)
-                          xc.storage_offset() + (R + dy) * sH + Rc + dx0)
-    prod = _buffer(ws, "d", (B, F, C, nb, W), xq).permute(1, 2, 3, 0, 4)
-    num_q.add_(torch.sum(torch.mul(s_fwd[:, None], x_fwd, out=prod), 2, out=tc))
-    # Backward: Σ_n w(j, j − o_n) x(j − o_n).  x(j − o_n) would need a negative stride over n, so
-    # multiply in i-coordinates first, q_n(i) = w(i, i + o_n) x(i), then read q_n at i = j − o_n.
-    x_i = xq.permute(2, 0, 1, 3)[R - dy:R - dy + B, :, :, None, Rc + x0:Rc + x0 + Wd]  # (B, F, C, 1, Wd)
-    q = torch.mul(s[-dy - y0:-dy - y0 + B, :, None], x_i,
-                  out=_buffer(ws, "d", (B, F, C, nb, Wd), xq))    # (B, F, C, nb, Wd)
-    qs = q.stride()
-    q_bwd = q.as_strided((F, C, nb, B, W), (qs[1], qs[2], qs[3] - 1, qs[0], 1),
-                         q.storage_offset() - dx0 - x0)           # (F, C, nb, B, W) q_n(j − o_n)
-    num_c.add_(torch.sum(q_bwd, 2, out=tc))
+
+def _log_weights(v: _DistanceViews, plan: _Plan) -> None:
+    """v.s = log₂ w(i, i + o_n) = −max(d²(i, i + o_n) − 2σ², 0)·log₂e/h² on the batch's domain.
+
+    d² − 2σ² = Σ_k K(k) · mean_c ((x_c(i + k) − x_c(i + o_n + k))² − 2σ²)   (as Σ_k K(k) = 1),
+    K = g gᵀ.
+    The first pass (rows) is a matrix product with the band Toeplitz matrix of g·g₀·(−log₂e/(C h²))
+    over blocks of b rows, the second (columns) s = Σ_k (g_k/g₀) v(·, x + k), P − 1 multiply-adds
+    on flat views (the first adds two taps, as g₀/g₀ = 1).
+    """
+    torch.sub(v.x_q, v.x_c, out=v.d)
+    torch.addcmul(plan.bias, v.d, v.d, out=v.d)               # (x_c(i + k) − x_c(i + o_n + k))² − 2σ²
+    if v.d_sum is not None:
+        torch.sum(v.d, 2, out=v.d_sum)                        # Σ_c; 1/C is in g_rows
+    torch.bmm(v.g_rows, v.blocks, out=v.v)                    # first pass (rows), a GEMM
+    g, taps = plan.g_cols, v.taps                             # second pass (columns), g[0] = 1
+    if len(g) == 1:
+        v.s.copy_(taps[0])
+    else:
+        torch.add(taps[0], taps[1], alpha=g[1], out=v.s)
+    for k in range(2, len(g)):
+        v.s.add_(taps[k], alpha=g[k])
+    v.s.clamp_max_(0.0)
+
+
+def _accumulate(a: _SumViews) -> None:
+    """Add one batch's weights to both frames it serves.
+
+    Query frames: Σ_n w(i, i + o_n) [x(i + o_n), 1]; candidate frames: Σ_n w(j, j − o_n) [x(j − o_n), 1],
+    with w(j, j − o_n) = w(j − o_n, j), the map of o_n read at j − o_n.  Each sum is one reduction
+    over n of a strided view of z = [w·x, w] (for j − o_n the stride over n is one less than the
+    row length); the running max of log₂ w gives the centre weight.  x(j − o_n) would need a
+    negative stride over n, so the products w·x(i) are formed at i = j − o_n first (they reuse
+    z[:C] once the first sum is done).
+    """
+    torch.maximum(a.lmax_q, torch.amax(a.s_fwd, 1, out=a.t_max), out=a.lmax_q)
+    torch.maximum(a.lmax_c, torch.amax(a.s_bwd, 1, out=a.t_max), out=a.lmax_c)
+    a.s.exp2_()                                               # the weights (every view of z sees them)
+    torch.mul(a.w_fwd, a.x_fwd, out=a.wx_fwd)                 # z[:C] = w(i, i + o_n) x(i + o_n)
+    a.acc_q.add_(torch.sum(a.z_fwd, 2, out=a.t_sum))
+    torch.mul(a.w_i, a.x_i, out=a.wx_i)                       # z[:C] = w(i, i + o_n) x(i), i = j − o_n
+    a.acc_c.add_(torch.sum(a.z_bwd, 2, out=a.t_sum))
 
 
 def _nl_means_band(xp: torch.Tensor, tau: int, plan: _Plan, ws: dict) -> tuple[torch.Tensor, float]:
     """Space-time NL-means of the central rows of a padded band xp: (T, C, B + 2 pad_h, W + 2 pad_w).
 
     Returns (u (T, C, B, W), the largest log-weight −max(d² − 2σ², 0)/h² over the band's pixels
-    and j ≠ i).  Loops over the time offsets δ = 0 … min(τ, T − 1), batches of frame pairs
-    (t, t + δ) and the batches of :func:`_offset_batches`.
+    and j ≠ i); u lives in ``ws`` until the next band.  The band is copied into a buffer of ``ws``
+    so that the views of every batch (:func:`_band_program`) are built once for all the bands of
+    the same height.
     """
-    T, C, Bp, _ = xp.shape
-    R, Rc, W, sr, pr = plan.pad_h, plan.pad_w, plan.width, plan.sr, plan.pr
+    T, C, Bp, Wp = xp.shape
+    R, Rc, W = plan.pad_h, plan.pad_w, plan.width
     B = Bp - 2 * R
-    x = xp[:, :, R:R + B, Rc:Rc + W]                          # (T, C, B, W) the pixels to denoise
-    num = torch.zeros_like(x)                                 # (T, C, B, W) Σ_j w(i, j) x(j)
-    den = torch.zeros((T, B, W), dtype=xp.dtype, device=xp.device)        # Σ_{j≠i} w(i, j)
-    lmax = torch.full((T, B, W), -math.inf, dtype=xp.dtype, device=xp.device)  # max_{j≠i} log₂ w
-    per_pair = _dx_batch(sr) * (B + sr + 2 * pr) * (W + 2 * sr + 2 * pr)  # values per batch and pair
-    pairs = max(1, _BATCH_VALUES // max(1, C * per_pair))     # frame pairs per batch
-    for dt in range(0, min(tau, T - 1) + 1):
-        batches = _offset_batches(dt, sr, _dx_batch(sr))
-        for f0 in range(0, T - dt, pairs):
-            q = slice(f0, min(T - dt, f0 + pairs))            # query frames t
-            c = slice(q.start + dt, q.stop + dt)              # candidate frames t + δ
-            acc_q, acc_c = (num[q], den[q], lmax[q]), (num[c], den[c], lmax[c])
-            for dy, dx0, nb in batches:
-                _accumulate(xp[q], xp[c], dy, dx0, nb, acc_q, acc_c, plan, ws)
+    if ws.get("shape") != xp.shape:                           # first band (of this height)
+        ws["shape"] = xp.shape
+        ws["xb"] = torch.empty_like(xp)
+        ws["acc"] = torch.empty((T, C + 1, B, W), dtype=xp.dtype, device=xp.device)
+        ws["lmax"] = torch.empty((T, B, W), dtype=xp.dtype, device=xp.device)
+        ws["program"] = _band_program(ws["xb"], ws["acc"], ws["lmax"], tau, plan, ws)
+    xb, acc, lmax = ws["xb"], ws["acc"], ws["lmax"]
+    xb.copy_(xp)
+    acc.zero_()
+    lmax.fill_(-math.inf)                                     # max_{j≠i} log₂ w(i, j)
+    for dist, sums in ws["program"]:
+        _log_weights(dist, plan)
+        _accumulate(sums)
 
     # Centre weight w(i, i) = max_{j≠i} w(i, j)  (Buades et al.), floored at float32's tiny
+    x = xp[:, :, R:R + B, Rc:Rc + W]                          # (T, C, B, W) the pixels to denoise
     best = float(lmax.max()) / _LOG2_E                        # natural log
-    wmax = lmax.exp2_().clamp_min_(_TINY)
-    den.add_(wmax)
-    num.addcmul_(wmax[:, None], x)
+    wmax = lmax.exp2_().clamp_min_(_TINY)                     # (T, B, W)
+    den = acc[:, C].add_(wmax)                                # Σ_j w(i, j)
+    num = acc[:, :C].addcmul_(wmax[:, None], x)               # Σ_j w(i, j) x(j)
     return num.div_(den[:, None]), best
 
 
@@ -479,56 +633,85 @@ def _band_rows(H: int, W: int, C: int, pr: int, sr: int) -> int:
     return min(H, max(_MIN_BAND_ROWS, rows))
 
 
-def _cpu_threads(x: torch.Tensor) -> int:
-    """Threads for the bands: torch's intra-op threads on the CPU (OpenMP build), else 1."""
+def _bands(H: int, rows: int, threads: int) -> tuple[int, list[tuple[int, int, int]]]:
+    """(band height, [(first row, first row written, end)]): bands of equal height covering H rows.
+
+    At most ``rows`` rows per band; with threads > 1 the count of bands is a multiple of the
+    threads where H allows bands of _MIN_BAND_ROWS.  The last band ends at row H and may overlap
+    the one before it (it then writes only its new rows), so that every band has the same height
+    and the views of its batches are built once.
+    """
+    count = -(-H // rows)
+    if threads > 1:                                           # a multiple of the threads, as even as possible
+        count = -(-count // threads) * threads
+    band = -(-H // count)
+    if threads > 1:
+        band = max(min(_MIN_BAND_ROWS, H), band)
+    return band, [(min(r0, H - band), r0, min(H, r0 + band)) for r0 in range(0, H, band)]
+
+
+def _cpu_threads(image) -> int:
+    """Threads for the bands: torch's intra-op threads for a CPU image (OpenMP build), else 1."""
     global _OPENMP
-    if x.device.type != "cpu":
+    if isinstance(image, torch.Tensor) and image.device.type != "cpu":
         return 1
     if _OPENMP is None:
         _OPENMP = "parallel backend: OpenMP" in torch.__config__.parallel_info()
     return torch.get_num_threads() if _OPENMP else 1
 
 
-def _run_bands(xp: torch.Tensor, out: torch.Tensor, tau: int, plan: _Plan) -> float:
+class _OneThread:
+    """Context: torch.set_num_threads(1) inside (when n > 1), restored on exit.
+
+    With n threads for the bands, the calling thread must not run multi-threaded operations
+    itself: its idle OpenMP threads would then spin for milliseconds, taking a core from the bands.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        if self.n > 1:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.n > 1:
+            torch.set_num_threads(self.n)
+
+
+def _run_bands(xp: torch.Tensor, out: torch.Tensor, tau: int, plan: _Plan, n: int) -> float:
     """Denoise ``out`` (T, C, H, W) band by band from the padded frames xp; return the largest log-weight.
 
-    With n = torch.get_num_threads() > 1 on the CPU, the bands run in n Python threads with one
-    intra-op thread each (torch releases the GIL inside its operations).  The bands are
+    With n > 1 (torch.get_num_threads() of the caller, CPU), the bands run in n Python threads
+    with one intra-op thread each (torch releases the GIL inside its operations).  The bands are
     independent, so they need no synchronisation, whereas torch's own threads meet at the end
     of every operation, which is slow when other programs keep the cores busy.  Same result
-    either way; torch.get_num_threads() is restored on return.
+    either way.
     """
     T, C, H, W = out.shape
-    R, n = plan.pad_h, _cpu_threads(xp)
-    band = _band_rows(H, W, C, plan.pr, plan.sr)              # rows per band
-    if n > 1:                                                 # a multiple of n bands, as even as possible
-        count = -(-H // band)
-        count = -(-count // n) * n
-        band = max(min(_MIN_BAND_ROWS, H), -(-H // count))
-    starts = range(0, H, band)
+    R = plan.pad_h
+    band, bands = _bands(H, _band_rows(H, W, C, plan.pr, plan.sr), n)
 
-    def run(r0: int, ws: dict) -> float:
-        hb = min(band, H - r0)
+    def run(rows: tuple[int, int, int], ws: dict) -> float:
+        r0, w0, w1 = rows                                     # computes rows r0 …, writes w0 … w1 − 1
         with torch.no_grad():
-            out[:, :, r0:r0 + hb], best = _nl_means_band(xp[:, :, r0:r0 + hb + 2 * R], tau, plan, ws)
+            u, best = _nl_means_band(xp[:, :, r0:r0 + band + 2 * R], tau, plan, ws)
+            out[:, :, w0:w1] = u[:, :, w0 - r0:w1 - r0]
         return best
 
-    if n == 1 or len(starts) == 1:
-        ws: dict = {}                                         # scratch buffers, reused by every batch
-        return max(run(r0, ws) for r0 in starts)
+    if n == 1 or len(bands) == 1:
+        ws: dict = {}                                         # buffers and views, reused by every band
+        return max(run(rows, ws) for rows in bands)
     local = threading.local()
 
-    def work(r0: int) -> float:
+    def work(rows: tuple[int, int, int]) -> float:
         if not hasattr(local, "ws"):                          # first band of this worker thread
-            torch.set_num_threads(1)
+            torch.set_num_threads(1)                          # (a new thread starts with the default)
             local.ws = {}
-        return run(r0, local.ws)
+        return run(rows, local.ws)
 
-    try:
-        with ThreadPoolExecutor(min(n, len(starts))) as pool:
-            return max(pool.map(work, starts))
-    finally:
-        torch.set_num_threads(n)
+    with ThreadPoolExecutor(min(n, len(bands))) as pool:
+        return max(pool.map(work, bands))
 
 
 def nl_means(image, *, patch_size: int = 7, search_size: int = 21, h: float,
@@ -583,23 +766,26 @@ def nl_means(image, *, patch_size: int = 7, search_size: int = 21, h: float,
     """
     h, sigma = _check_params(patch_size, search_size, h, sigma, patch_weighting)
     tau = _check_temporal(temporal_radius, video)
-    x, back = _to_tchw(image, video)                           # (T, C, H, W) float32
-    T, C, H, W = x.shape
-    pr, sr = patch_size // 2, search_size // 2
-    g = [float(v) for v in _kernel_1d(patch_size, patch_weighting)]
-    # Fold 1/C (channel mean), −1/h² and log₂e into the first pass: it gives −d²·log₂e/h².
-    g_rows = _row_filter_matrix([v * (-_LOG2_E / (C * h * h)) for v in g], _GEMM_ROWS, x.device)
-    plan = _Plan(pr=pr, sr=sr, pad_h=pr + sr + _GEMM_ROWS - 1, pad_w=pr + 2 * sr, width=W,
-                 g_rows=g_rows, g_cols=g,
-                 bias=torch.tensor(2.0 * sigma * sigma * _LOG2_E / (h * h), device=x.device))
+    n = _cpu_threads(image)
+    with _OneThread(n):                                        # the bands use the n threads
+        x, back = _to_tchw(image, video)                       # (T, C, H, W) float32
+        T, C, H, W = x.shape
+        pr, sr = patch_size // 2, search_size // 2
+        g = [float(v) for v in _kernel_1d(patch_size, patch_weighting)]
+        # Fold 1/C (channel mean), −1/h², log₂e and g₀ into the first pass and 1/g₀ into the second:
+        # the two passes give (d² − 2σ²)·(−log₂e/h²), the second starting with a tap of 1.
+        g_rows = _row_filter_matrix([v * g[0] * (-_LOG2_E / (C * h * h)) for v in g], _GEMM_ROWS, x.device)
+        plan = _Plan(pr=pr, sr=sr, pad_h=pr + sr + _GEMM_ROWS - 1, pad_w=pr + 2 * sr, width=W,
+                     g_rows=g_rows, g_cols=[v / g[0] for v in g],
+                     bias=torch.tensor(-2.0 * sigma * sigma, device=x.device))
 
-    with torch.no_grad():
-        xp = _reflect_pad(x, plan.pad_h, plan.pad_w)           # (T, C, H + 2R, W + 2(pr + 2sr))
-        out = torch.empty_like(x)                              # (T, C, H, W)
-        best = _run_bands(xp, out, tau, plan)                  # largest log-weight, j ≠ i
-    if search_size > 1 or (tau > 0 and T > 1):                 # else no j ≠ i: u = x by definition
-        _check_underflow(best, h)
-    return back(out)
+        with torch.no_grad():
+            xp = _reflect_pad(x, plan.pad_h, plan.pad_w)       # (T, C, H + 2R, W + 2(pr + 2sr))
+            out = torch.empty_like(x)                          # (T, C, H, W)
+            best = _run_bands(xp, out, tau, plan, n)           # largest log-weight, j ≠ i
+        if search_size > 1 or (tau > 0 and T > 1):             # else no j ≠ i: u = x by definition
+            _check_underflow(best, h)
+        return back(out)
 
 
 def _check_position(name: str, value, n: int) -> int:

@@ -112,7 +112,7 @@ def test_tiny_images():
 def test_bands_give_same_result(monkeypatch):
     x = RNG.random((37, 23, 3)).astype(np.float32)
     whole = nl_means(x, patch_size=5, search_size=7, h=0.2, sigma=0.05)
-    monkeypatch.setattr(nlm_module, "_band_rows", lambda *args: 5)  # bands of 5 rows, last one short
+    monkeypatch.setattr(nlm_module, "_band_rows", lambda *args: 5)  # bands of 5 rows, the last overlapping
     banded = nl_means(x, patch_size=5, search_size=7, h=0.2, sigma=0.05)
     np.testing.assert_allclose(banded, whole, atol=1e-6)
 
@@ -134,6 +134,77 @@ def test_threads_give_same_result():
     for a, b in zip(one, three):
         np.testing.assert_allclose(a, b, atol=1e-6)
     np.testing.assert_allclose(one[0], ref_nl_means(x, 5, 7, 0.2, 0.05, "gaussian"), atol=2e-5)
+
+
+@pytest.mark.parametrize("H, rows, threads, count", [
+    (37, 5, 1, 8), (37, 5, 2, 3), (512, 72, 1, 8), (512, 72, 2, 8), (10, 3, 4, 1), (5, 2, 4, 1),
+    (7, 16, 1, 1), (1, 16, 3, 1), (100, 100, 2, 2), (100, 30, 3, 6), (33, 10, 1, 4)])
+def test_bands_cover_every_row_once(H, rows, threads, count):
+    # Bands all have the same height (their views are built once), at most `rows`, at least 16 rows
+    # when split for threads; the last one ends at row H and writes only the rows that the one
+    # before it did not.
+    band, bands = nlm_module._bands(H, rows, threads)
+    assert len(bands) == count and band <= max(rows, min(16, H) if threads > 1 else rows)
+    written = []
+    for r0, w0, w1 in bands:
+        assert 0 <= r0 <= w0 < w1 <= r0 + band <= H             # writes inside what it computes
+        written.extend(range(w0, w1))
+    assert written == list(range(H))                            # every row once, in order
+
+
+def _interval(start, length):
+    return set(range(start, start + length))
+
+
+@pytest.mark.parametrize("C, frames, nb, dy, dx0, B, W, P", [
+    (1, 1, 11, 5, -10, 64, 512, 7), (1, 1, 10, 0, 1, 8, 30, 5), (3, 1, 7, 3, -3, 5, 9, 3),
+    (1, 3, 5, -2, -2, 4, 6, 5), (3, 2, 1, 1, 1, 1, 1, 1), (1, 1, 3, 1, -1, 1, 2, 7)])
+def test_layout_keeps_live_tensors_apart(C, frames, nb, dy, dx0, B, W, P):
+    # The work buffer holds, in order of use, d (colour: per channel, then its channel sum d_sum),
+    # v (GEMM output; the second pass reads 2 pr values past its end), s = z[C], and the products
+    # z[:C].  A tensor may only share memory with tensors that are dead when it is written.
+    pr, b = P // 2, 4
+    t = nlm_module._Batch(0, 0, frames, dy, dx0, nb)
+    dom = nlm_module._domain(B, W, dy, dx0, nb, b)
+    lay = nlm_module._layout(C, t, dom, pr)
+    nc = dom.cols + 2 * pr
+    n = frames * nb
+    rows_in = dom.gemm_rows + 2 * pr
+    d_sum = _interval(lay.d_in, rows_in * n * nc)                 # GEMM input (d itself for grey)
+    v = _interval(0, dom.gemm_rows * n * nc + 2 * pr)             # with the second pass's overrun
+    s = _interval(C * lay.zs, dom.rows * n * nc)
+    products = set().union(*(_interval(c * lay.zs, dom.rows * n * nc) for c in range(C)))
+    assert not d_sum & v and not v & s and not products & s
+    if C > 1:
+        d = _interval(lay.d, C * rows_in * n * nc)
+        assert not d & d_sum
+        assert max(d) < lay.end
+    assert max(d_sum | v | s | products) < lay.end
+    assert lay.zs >= dom.rows * n * nc                            # z's channels do not overlap
+
+
+@pytest.mark.parametrize("image", [RNG.random((23, 20)).astype(np.float32),
+                                   RNG.random((11, 13, 3)).astype(np.float32)])
+def test_7x7_patches_21x21_window_in_bands_match_reference(monkeypatch, image):
+    # The benchmark setting, in bands of 4 rows (the views of the first band are reused by the others,
+    # the last band overlaps) and with a window larger than the image (repeated mirroring).
+    monkeypatch.setattr(nlm_module, "_band_rows", lambda *args: 4)
+    got = nl_means(image, patch_size=7, search_size=21, h=0.25, sigma=0.05)
+    np.testing.assert_allclose(got, ref_nl_means(image, 7, 21, 0.25, 0.05, "gaussian"), atol=2e-5, rtol=0)
+
+
+def test_threads_restored_when_raising():
+    # The calling thread runs single-threaded while the bands work; an error must not leave it so.
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(ValueError, match="h="):
+            nl_means(GRAY, patch_size=3, search_size=5, h=1e-6)
+        assert torch.get_num_threads() == 2
+        nl_means(GRAY, patch_size=3, search_size=5, h=0.2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name, value", [("_MAX_DX_BATCH", 1), ("_MAX_DX_BATCH", 2), ("_GEMM_ROWS", 1),
