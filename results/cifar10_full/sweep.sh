@@ -8,7 +8,8 @@
 #     nohup bash results/cifar10_full/sweep.sh [DATA_DIR] > results/cifar10_full/sweep.log 2>&1 &
 # Every run uses --resume: an interrupted run continues from its checkpoint, a finished one
 # (summary.json present) is skipped. Order: plain ResNet-20 first (it fixes the schedule),
-# then seed 0 of every block, then the remaining seeds.
+# then seed 0 of every block, then the remaining seeds. DANet uses --cam-energy mean, the
+# setting results/danet_subset/ found to train (chapter 7, "Why DANet collapses").
 # Each run writes results/cifar10_full/<attention>/seed<k>/{metrics.jsonl,summary.json}
 # (and model.pt); the checkpoints are deleted once a run has finished.
 set -euo pipefail
@@ -25,6 +26,8 @@ run() {  # attention seed [extra options]
 }
 run none 0
 for attention in se cbam bam gc nl; do run "$attention" 0; done
+run danet 0 --cam-energy mean   # CAM energies / N: the paper's softmax(A Aᵀ) collapses (chapter 7)
 run none 1
 run none 2
 for attention in se cbam bam gc nl; do run "$attention" 1; done
+run danet 1 --cam-energy mean
