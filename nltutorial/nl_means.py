@@ -109,11 +109,14 @@ __all__ = ["nl_means", "nl_means_weights", "patch_embeddings", "patch_kernel"]
 
 _WEIGHTINGS = ("gaussian", "uniform")
 
-# Values per batched tensor (2 MiB of float32): the band height and the number of frame
+# Values per batched tensor (6 MiB of float32): the band height and the number of frame
 # pairs per batch are chosen to stay near it.  Big enough to amortise the per-operation
-# overhead, small enough to stay in the L3 cache; also bounds memory for huge inputs.
-# (Tuned on camera 512², P/S = 5/13 and 7/21: 2^18 … 2^20 are within a few per cent.)
-_BATCH_VALUES = 1 << 19
+# overhead and to keep the band margins (|dy| + P − 1 extra rows per map) small, small enough
+# that the work buffers of two threads (~2.3 maps each) stay in a 32 MiB L3 cache; also bounds
+# memory for huge inputs.  (Tuned on a 512² image, P/S = 5/13 and 7/21, 1 and 2 threads,
+# against OpenCV in one process: 2^19 was 5-12 % slower than this at 7/21, 2^21 and up
+# slower again, as the maps leave the cache.)
+_BATCH_VALUES = 3 << 19
 # Most offsets dx per batch (a row of the window is split in equal pieces of at most this).
 _MAX_DX_BATCH = 13
 # Rows per block of the first filter pass, a matrix product (GEMM) with a band Toeplitz matrix.
