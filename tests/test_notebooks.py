@@ -101,3 +101,30 @@ def test_first_cell_installs_nltutorial_for_colab(nb_path, monkeypatch):
     assert any(repo_url in arg for arg in cmd), f"install must come from {repo_url}"
     banned = {"torch", "--upgrade", "-U", "--force-reinstall", "--upgrade-strategy"}
     assert not banned & set(cmd), f"the setup cell must never (re)install torch: {cmd}"
+
+
+#: Widest line of a fenced block (code cells, their YAML headers, text blocks) in book/*.md,
+#: in UTF-8 bytes: 88 characters fit the book's code column at a 1280-px window, and counting
+#: bytes keeps lines with θ, ², × well inside it.
+MAX_FENCED_BYTES = 88
+
+
+def fenced_lines(text):
+    """(line number, line) of every line inside a ``` fence of a MyST file."""
+    inside = False
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.startswith("```"):
+            inside = not inside if (line.strip() == "```" or not inside) else inside
+            continue
+        if inside:
+            yield number, line
+
+
+def test_fenced_lines_fit_the_code_column():
+    text = "x = 1\n```python\nok = 1\n" + "y" * 89 + "\n```\n" + "z" * 100 + "\n"
+    assert [n for n, l in fenced_lines(text) if len(l.encode()) > MAX_FENCED_BYTES] == [4]
+    long = [f"{md.relative_to(ROOT)}:{n} ({len(l.encode())} bytes)"
+            for md in sorted((ROOT / "book").glob("*.md"))
+            for n, l in fenced_lines(md.read_text(encoding="utf-8"))
+            if len(l.encode()) > MAX_FENCED_BYTES]
+    assert not long, f"fenced lines over {MAX_FENCED_BYTES} bytes (they scroll sideways): {long}"
