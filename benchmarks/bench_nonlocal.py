@@ -40,6 +40,11 @@ are estimated above ``--naive-max-gib`` are skipped.
     python benchmarks/bench_nonlocal.py --sizes none --sizes-3d none --modules all
     python benchmarks/bench_nonlocal.py --modes embedded --sizes 32,64 --sizes-3d none --sub-sample on
     python benchmarks/bench_nonlocal.py --threads 2 --out results/bench_nonlocal_cpu.txt
+    python benchmarks/bench_nonlocal.py --device cuda --dtype bf16 --modules all
+
+``--device cuda``: wall time with the device synchronised around every timed call, the GEMM
+rate of the device in ``--dtype``, the peak of tensor bytes as on the CPU; ``--dtype`` casts
+the weights and inputs (bf16 / fp16 are for GPUs: on a CPU they measure emulated arithmetic).
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ from nltutorial.sagan import SelfAttention2d  # noqa: E402
 
 PATHS = ("alexhex7", "naive", "fast", "auto")
 GEMM_SIZE = 1024
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # --------------------------------------------------------------------------------------
@@ -151,8 +157,14 @@ def spread(times) -> float:
     return (inner[-1] - inner[0]) / 2 / statistics.median(t)
 
 
-def clock(threads):
-    return time.process_time if threads == 1 else time.perf_counter
+def clock(args):
+    """The timer: CPU time of the process for one CPU thread, else wall time (synchronised on CUDA)."""
+    if args.device.startswith("cuda"):
+        def tick():
+            torch.cuda.synchronize(args.device)
+            return time.perf_counter()
+        return tick
+    return time.process_time if args.threads == 1 else time.perf_counter
 
 
 def gemm_seconds(a, b, tick) -> float:
@@ -177,8 +189,8 @@ def fwd_bwd(model, x, grad_z, before=None):
 def measure_paths(steps: dict, x, args) -> dict:
     """path -> dict(time, noise, peak, err, gemm): interleaved timed runs of every step."""
     paths = list(steps)
-    tick = clock(args.threads)
-    a, b = torch.randn(GEMM_SIZE, GEMM_SIZE), torch.randn(GEMM_SIZE, GEMM_SIZE)
+    tick = clock(args)
+    a, b = (torch.randn(GEMM_SIZE, GEMM_SIZE, device=args.device, dtype=args.torch_dtype) for _ in "ab")
     outputs = {}
     for p in paths:                                            # warm-up, and the values to compare
         z = steps[p]().detach()
@@ -203,6 +215,12 @@ def measure_paths(steps: dict, x, args) -> dict:
     return out
 
 
+def on_device(pair, args):
+    """(x, grad_z) from a (2, ...) CPU tensor: on --device in --dtype, x a leaf needing a gradient."""
+    x, grad_z = pair.to(args.device, args.torch_dtype)
+    return x.requires_grad_(), grad_z
+
+
 def run_case(case, args) -> list[dict]:
     """The non-local block on one case: the reference layout and the three implementations."""
     torch.manual_seed(0)
@@ -211,8 +229,8 @@ def run_case(case, args) -> list[dict]:
     d = block.inter_channels
     ref = ReferenceLayout(C, d, dim, case["mode"], case["sub_sample"]).train()
     ref.load_state_dict(block.state_dict(), strict=True)
-    x = torch.randn(case["batch"], C, *case["spatial"], requires_grad=True)
-    grad_z = torch.randn(x.shape)
+    block, ref = (m.to(args.device, args.torch_dtype) for m in (block, ref))
+    x, grad_z = on_device(torch.randn(2, case["batch"], C, *case["spatial"]), args)
     explicit_ok = explicit_gib(case, d) <= args.naive_max_gib
     paths = [p for p in PATHS if explicit_ok or p in ("fast", "auto")]
     taken = {"alexhex7": "naive", "naive": "naive", "fast": "fast", "auto": block.implementation_for(x)}
@@ -239,8 +257,8 @@ def run_module_case(label, C, side, args) -> list[dict]:
     module = MODULES[label](C).train()
     with torch.no_grad():
         module.gamma.fill_(0.5)                                # not the identity
-    x = torch.randn(1, C, side, side, requires_grad=True)
-    grad_z = torch.randn(x.shape)
+    module.to(args.device, args.torch_dtype)
+    x, grad_z = on_device(torch.randn(2, 1, C, side, side), args)
     pool = getattr(module, "pool", False)
     N = side * side
     Ns = (side // 2) ** 2 if pool else N
@@ -248,7 +266,7 @@ def run_module_case(label, C, side, args) -> list[dict]:
     case = dict(dim=2, batch=1, spatial=(side, side), sub_sample=pool, mode=label, N=N, Ns=Ns)
     convs = 2 * N * C * (2 * dq + dv) + (2 * N * dv * C if getattr(module, "v", None) is not None else 0)
     taken = {"naive": "naive", "fast": "fast",
-             "auto": choose_implementation("embedded", 1, N, Ns, dq, dv, grad=True)}
+             "auto": choose_implementation("embedded", 1, N, Ns, dq, dv, grad=True, device=x.device.type)}
 
     def use(path):
         return lambda: setattr(module, "implementation", path)
@@ -370,6 +388,8 @@ def shapes_3d(text: str) -> list[tuple]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<k>")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     p.add_argument("--quick", action="store_true", help="2D 16², 32², 64² and 3D 4×14² only")
     p.add_argument("--out", type=Path, help="also write the report to this file")
     p.add_argument("--modes", default=",".join(MODES))
@@ -397,10 +417,20 @@ def main(argv=None) -> None:
         args.sizes = [s for s in args.sizes if s <= 64]
         args.sizes_3d = [s for s in args.sizes_3d if math.prod(s) <= 4 * 14 * 14]
     args.sub_sample = {"both": (False, True), "on": (True,), "off": (False,)}[args.sub_sample]
+    args.torch_dtype = DTYPES[args.dtype]
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        p.error(f"--device must name a torch device such as cpu or cuda, got {args.device!r} ({e})")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: CUDA is not available to this torch ({torch.__version__})")
+    if device.type not in ("cpu", "cuda"):
+        p.error(f"--device must be cpu or cuda, got {args.device!r}")
     torch.set_num_threads(args.threads)
 
-    header = [f"non-local block benchmark: torch {torch.__version__}, {torch.get_num_threads()} thread(s) "
-              f"({'CPU time' if args.threads == 1 else 'wall time'}), C={args.channels}, "
+    where = (f"{torch.cuda.get_device_name(device)} (wall time)" if device.type == "cuda" else
+             f"{torch.get_num_threads()} thread(s) ({'CPU time' if args.threads == 1 else 'wall time'})")
+    header = [f"non-local block benchmark: torch {torch.__version__}, {where}, {args.dtype}, C={args.channels}, "
               f"median of {args.repeat}, load average {os.getloadavg()[0]:.2f}",
               "case: batch×spatial (/2: sub-sampled); took: the path run; ms: fwd+bwd; /alexhex7, /naive: time "
               "ratios; peak: tensor MiB; GEMM frac: FLOPs / time / GEMM rate; rel err: vs the first path"]
@@ -414,7 +444,7 @@ def main(argv=None) -> None:
         print(f"  [{time.perf_counter() - t_start:5.0f}s] {shape_label(case_rows[0])} {case_rows[0]['mode']}: "
               + ", ".join(f"{r['path']} {1e3 * r['time']:.1f} ms" for r in case_rows), file=sys.stderr, flush=True)
     gemm = statistics.median(r["gemm"] for r in rows) if rows else float("nan")
-    report = header + [f"GEMM: {gemm / 1e9:.1f} GFLOP/s (fp32 {GEMM_SIZE}³ matmul, median over the cases)"]
+    report = header + [f"GEMM: {gemm / 1e9:.1f} GFLOP/s ({args.dtype} {GEMM_SIZE}³ matmul, median over the cases)"]
     report += format_rows(rows) + [""] + summary(rows)
     report.append(f"total {time.perf_counter() - t_start:.0f} s; load average at the end "
                   + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
