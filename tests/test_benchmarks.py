@@ -5,6 +5,8 @@ the paths' agreement and the argument errors are.
 """
 
 import importlib.util
+import os
+import subprocess
 import re
 import sys
 from pathlib import Path
@@ -79,3 +81,51 @@ def test_bench_nonlocal_cuda_without_cuda_says_so(bench_nonlocal, capsys):
     with pytest.raises(SystemExit):
         bench_nonlocal.main(["--device", "cuda"])
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------
+# The other scripts, run as the README runs them (a subprocess from the repository root)
+# --------------------------------------------------------------------------------------
+
+SUBSET = ROOT.parent / "shared" / "data" / "cifar-10-subset"
+
+
+def _script(name, *argv, timeout=300):
+    done = subprocess.run([sys.executable, f"benchmarks/{name}.py", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_bench_local_relation_tiny_reports_both_forms_and_their_agreement():
+    text = _script("bench_local_relation", "--channels", "16", "--size", "8", "--kernel-size", "3",
+                   "--reps", "1")
+    rows = re.findall(r"^ +16 (forward \(infer\)|forward\+backward) +(shift|unfold) +([\d.]+) +([\d.]+) +([\d.]+)$",
+                      text, re.M)
+    assert {(label, impl) for label, impl, *_ in rows} == {
+        (label, impl) for label in ("forward (infer)", "forward+backward") for impl in ("shift", "unfold")}
+    assert all(float(peak) > 0 for *_, peak, _ in rows)                    # peak memory was measured
+    err = float(re.search(r"max \|shift − unfold\| \(float32 forward\): (\S+)", text).group(1))
+    assert err < 1e-4
+    assert len(re.findall(r"C =  16  forward(\+backward| \(infer\)) +time ×", text)) == 2
+
+
+@pytest.mark.skipif(not (SUBSET / "cifar-10-batches-py").is_dir(), reason=f"no CIFAR-10 subset at {SUBSET}")
+def test_bench_train_tiny_reports_each_block_and_each_loader():
+    text = _script("bench_train", "--data-dir", str(SUBSET), "--per-batch", "64", "--batch-size", "32",
+                   "--rounds", "1", "--variants", "none", "se", "--threads", "1")
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.split()[:1] in (["none"], ["se"])}
+    assert rows["none"][-1] == "1.00" and float(rows["se"][-1]) > 0       # ratios to plain ResNet-20
+    assert "(320 images, batch 32, cpu" in text
+    for loader in ("DeviceLoader", "DataLoader w0", "DataLoader w2"):
+        assert re.search(rf"^ *{loader} +[\d.]+ +\d+ +[\d.]+$", text, re.M), loader
+
+
+def test_bench_nlm_tiny_image_benchmark_reports_every_method():
+    text = _script("bench_nlm", "--images", "camera", "--sigmas", "25", "--patch", "3", "--search", "5",
+                   "--quick", "--reps", "1", "--threads", "1")
+    rows = re.findall(r"^camera +25 +3/5 (\S+) +([\d.]+)\*? +([\d.]+) +([\d.]+) +([\d.]+)", text, re.M)
+    assert {method for method, *_ in rows} == {"nltutorial", "skimage-fast", "opencv"}, text[-1500:]
+    for method, h, psnr, ssim, seconds in rows:
+        assert 0.4 <= float(h) <= 1.4 and 20 < float(psnr) < 40 and 0 < float(ssim) < 1 and float(seconds) > 0
+    assert re.search(r"^Target camera σ=25, 3x3/5x5: PSNR ours [\d.]+ dB", text, re.M)
