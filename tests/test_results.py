@@ -7,6 +7,7 @@ import json
 import math
 import re
 import statistics
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -27,6 +28,21 @@ def test_repository_manifest_is_up_to_date():
     assert sorted(manifest) == on_disk, "run `python -m nltutorial.results results` after changing results/"
     for name, digest in manifest.items():
         assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_no_checkpoint_is_committed():
+    """The sweep's in-progress checkpoints are not git-ignored (so they survive a workspace that
+    keeps unignored files), which makes committing one by mistake possible: none may be tracked."""
+    try:
+        git = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "results"],
+                             capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("git is not installed")
+    if git.returncode != 0:
+        pytest.skip(f"not a git checkout: {git.stderr.strip()}")
+    tracked = [name for name in git.stdout.split("\0") if name]
+    assert any(name.endswith("summary.json") for name in tracked), "git ls-files saw no runs"
+    assert [n for n in tracked if Path(n).name == "checkpoint.pt"] == []
 
 
 def test_every_recorded_run_names_its_command():
