@@ -136,6 +136,35 @@ def test_threads_give_same_result():
     np.testing.assert_allclose(one[0], ref_nl_means(x, 5, 7, 0.2, 0.05, "gaussian"), atol=2e-5)
 
 
+def test_compiled_batch_loop_equals_plain_python(monkeypatch):
+    # The batch loop is compiled by TorchScript where torch has it (so that threads do not wait
+    # for the GIL between its operations); the same function as plain Python is the fallback.
+    runner = nlm_module._program_runner()
+    if hasattr(torch.jit, "script"):
+        assert isinstance(runner, torch.jit.ScriptFunction)
+    x = RNG.random((40, 29, 3)).astype(np.float32)
+    clip = RNG.random((3, 24, 19)).astype(np.float32)
+    kwargs = dict(patch_size=5, search_size=7, h=0.2, sigma=0.05)
+    compiled = nl_means(x, **kwargs), nl_means(clip, video=True, temporal_radius=1, **kwargs)
+    monkeypatch.setattr(nlm_module, "_RUNNER", nlm_module._run_program)
+    plain = nl_means(x, **kwargs), nl_means(clip, video=True, temporal_radius=1, **kwargs)
+    for a, b in zip(compiled, plain):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(plain[0], ref_nl_means(x, 5, 7, 0.2, 0.05, "gaussian"), atol=2e-5)
+
+
+def test_batch_loop_falls_back_to_python_without_torchscript(monkeypatch):
+    def no_script(fn):
+        raise RuntimeError("TorchScript is not available")
+
+    monkeypatch.setattr(nlm_module, "_RUNNER", None)
+    monkeypatch.setattr(torch.jit, "script", no_script)
+    assert nlm_module._program_runner() is nlm_module._run_program
+    x = RNG.random((20, 17)).astype(np.float32)
+    np.testing.assert_allclose(nl_means(x, patch_size=3, search_size=5, h=0.2),
+                               ref_nl_means(x, 3, 5, 0.2, 0.0, "gaussian"), atol=2e-5)
+
+
 @pytest.mark.parametrize("H, rows, threads, count", [
     (37, 5, 1, 8), (37, 5, 2, 3), (512, 72, 1, 8), (512, 72, 2, 8), (10, 3, 4, 1), (5, 2, 4, 1),
     (7, 16, 1, 1), (1, 16, 3, 1), (100, 100, 2, 2), (100, 30, 3, 6), (33, 10, 1, 4)])
