@@ -92,7 +92,7 @@ it fast:
   thread runs single-threaded meanwhile (an idle OpenMP team would otherwise spin on a core).
   The loop over a band's batches is compiled by TorchScript, so that it runs without taking
   Python's GIL between operations: as plain Python, two threads handing the GIL back and
-  forth ~20 times per batch lost 5-8 % of the two-thread time.
+  forth ~20 times per batch lost 4-8 % of the two-thread time.
 
 The results agree with the loop formula to float32 rounding (≈ 1e-6).
 """
