@@ -30,8 +30,8 @@ Initialisation (§4.1): the BatchNorm after W_z has weight and bias set to zero 
 ``bn_layer=False``, W_z itself is zero), so W_z y = 0 and the block is the identity
 z = x when it is inserted into a pre-trained network.
 
-Three implementations
----------------------
+Four implementations
+--------------------
 Write q_i = θ(x_i), k_j = φ(x_j), v_j = g(x_j) (for "gaussian", q_i = x_i and k_j = x_j).
 ``implementation="naive"`` builds the N×N_s matrix [f(x_i, x_j)] explicitly, as the
 paper's Fig. 2 draws it. ``implementation="fast"`` gives the same numbers, to float
@@ -54,9 +54,9 @@ d = 512 or 1024 happens with C = 1024 or 2048), the softmax modes run over chunk
 queries. Chunks are recomputed in the backward pass (activation checkpointing), so
 training also keeps only one chunk×N_s block alive at a time.
 
-``implementation="auto"`` (the default) takes, call by call, whichever of the two is
-cheaper for the shapes at hand (:func:`choose_implementation`); the three agree to float
-rounding. FLOP counts do not depend on this choice: under :func:`explicit_auto`, which
+``implementation="auto"`` (the default) takes, call by call, whichever path is cheaper
+for the shapes at hand (:func:`choose_implementation`), the "blocked" one below included;
+all of them agree to float rounding. FLOP counts do not depend on this choice: under :func:`explicit_auto`, which
 ``nltutorial.cost.count_flops`` enters, "auto" takes the explicit path, so a block is
 counted by its formula (the fused kernel may do more multiply-adds, see below). The fused kernel is not free on a CPU: it recomputes q·k in the backward pass, and
 it needs one width for q, k and v, so for "gaussian" (dq = C, dv = d = C/2) v is padded to
@@ -64,7 +64,8 @@ C. With gradients it does 14·max(dq, dv) float operations per (i, j) pair again
 6·(dq + dv) for the explicit products: 7/6 of them for equal widths, 14/9 for "gaussian"
 (this is why "gaussian" on its fast path is slower than the explicit map; a Python
 flash-style loop without the padding, 11/9, and checkpointed chunks of the explicit map,
-12/9, both measured slower than the padded C++ kernel). The explicit map pays instead for
+12/9, both measured slower than the padded C++ kernel; the "blocked" path below, 9/9, is
+faster). The explicit map pays instead for
 its memory traffic, m(p) per pair, which grows once the B·N·N_s map leaves the caches.
 Fused time / explicit time of the attention alone, forward + backward, by the number of
 pairs p = B·N·N_s (one thread of a 2-core AMD EPYC, 1 MiB L2, 16 MiB L3, torch 2.13, B = 2,
@@ -98,6 +99,32 @@ explicit products with the reordered ones, 2(N + N_s)·dq·dv per call instead o
 in float32 on one thread of one machine; ``"fast"`` and ``"naive"`` force a path, and
 ``benchmarks/bench_nonlocal.py`` measures the three, and the "Non-local_pytorch" layout,
 on the machine at hand.
+
+``implementation="blocked"`` (softmax modes only, :func:`blocked_softmax_attention`) keeps
+the explicit map, and so its memory when training, but builds it in blocks of rows of about
+``BLOCK_PAIRS`` pairs per batch element: each block is multiplied, normalised and used while
+it is in the cache, and the backward pass is written out by hand (dv += Pᵀdy, dS = P ∘ (dy vᵀ
+− D), dq = dS k, dk += dSᵀq, no recomputation and no padding). The map crosses memory twice
+instead of about ten times. Its time, forward + backward, against the other two (one thread
+of the same CPU, 32 MiB L3, medians of 5 interleaved runs, 2026-12-03)::
+
+    dq : dv     B × N × N_s        where it occurs              /naive  /fast
+    ---------   -----------------  ---------------------------  ------  -----
+    256 : 128   2 × 1024 × 1024    gaussian, C = 256, 32²         0.91   0.72
+    256 : 128   2 × 4096 × 1024    gaussian, 64², sub-sampled     0.81   0.71
+    256 : 128   2 × 4096 × 4096    gaussian, 64²                  0.90   0.83
+    256 : 128   1 × 6272 × 6272    gaussian, 8×28² video          0.78   0.78
+    128 : 128   2 × 1024 × 1024    embedded, C = 256, 32²         0.81   0.96
+    128 : 128   2 × 4096 × 4096    embedded, 64²                  0.75   1.05
+    64 : 512    1 × 4096 × 4096    PAM, C = 512, 64²              0.76   0.56
+    32 : 256    1 × 4096 × 4096    SAGAN, C = 256, 64²            0.72   0.60
+    64 : 32     2 × 4096 × 1024    gaussian, C = 64, sub-sampled  0.60   0.95
+    8 : 64      1 × 4096 × 1024    PAM, C = 64, 64²/2 keys        1.46   1.21
+
+"auto" takes it with gradients wherever it would have built the explicit map, and instead
+of the fused kernel where a cost per pair says it is cheaper (``BLOCKED_TRAFFIC``; the
+fused kernel stays for equal widths at 64²), but not for 8-wide keys (the last row:
+``BLOCKED_MIN_WIDTH``).
 
 Checkpoint layout
 -----------------
@@ -134,11 +161,13 @@ from torch import Tensor, nn
 from ._utils import check_batch_norm, check_dtype, check_positive_int
 
 __all__ = ["NonLocalBlock", "MODES", "IMPLEMENTATIONS", "CONCAT_ALGORITHMS", "choose_implementation",
-           "explicit_auto",
+           "explicit_auto", "blocked_softmax_attention",
            "softmax_nonlocal", "wake"]
 
 MODES = ("gaussian", "embedded", "dot", "concatenation")
-IMPLEMENTATIONS = ("auto", "fast", "naive")
+IMPLEMENTATIONS = ("auto", "fast", "naive", "blocked")
+#: the modes with a softmax, the only ones with a "blocked" path
+SOFTMAX_MODES = ("gaussian", "embedded")
 
 #: chunked paths process at most this many (batch × query × key) pairs at once
 #: (2**22 pairs: 16 MiB per float32 intermediate).
@@ -371,6 +400,92 @@ AUTO_MIN_PAIRS = 2**18
 MAP_TRAFFIC = {True: (60.0, 65.0, 21, 200.0), False: (70.0, 60.0, 20, 270.0)}
 #: ... and the cost per element of the fused path's copies to and from the kernel's layout.
 COPY_COST = 64.0
+#: "blocked" only where q and v are both at least this wide: with 8-wide keys (PAM, SAGAN)
+#: its products are too thin to pay for the loop over blocks (measured up to 1.46x naive)
+BLOCKED_MIN_WIDTH = 32
+#: ... and its cost per pair beyond the products (two passes of the map through memory, the
+#: in-cache softmax passes): 110-670 in the runs of the module docstring, 400 taken
+BLOCKED_TRAFFIC = 400.0
+
+
+#: the blocked explicit path fills the map in blocks of rows of about this many (query × key)
+#: pairs per batch element (2**21: 8 MiB of float32, inside this CPU's 32 MiB L3)
+BLOCK_PAIRS = 2**21
+
+
+def _block_rows(keys: int, block_pairs: int) -> int:
+    return max(1, block_pairs // max(1, keys))
+
+
+class _BlockedSoftmax(torch.autograd.Function):
+    """y = softmax(scale · q kᵀ) v with the map P stored, but built and used in row blocks.
+
+    Forward, for each block of rows r: S_r = scale · q_r kᵀ, P_r = softmax(S_r) in place,
+    y_r = P_r v, all while P_r is still in the cache. Backward, with D_i = Σ_c dy_ic y_ic:
+    dv += P_rᵀ dy_r, dS_r = P_r ∘ (dy_r vᵀ − D_r), dq_r = scale · dS_r k, dk += scale · dS_rᵀ q_r.
+    The same products as the explicit map (no recomputation, no padding) with two passes of P
+    through memory instead of about ten. Without gradients only one block is allocated.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float, block_pairs: int) -> Tensor:
+        B, N, _ = q.shape
+        Ns, dv = k.shape[1], v.shape[2]
+        rows = min(N, _block_rows(Ns, block_pairs))
+        keep = any(ctx.needs_input_grad[:3])
+        P = q.new_empty(B, N if keep else rows, Ns)              # the map, or one block of it
+        y = q.new_empty(B, N, dv)
+        kt = k.transpose(1, 2)                                   # (B, dq, Ns)
+        for s in range(0, N, rows):
+            e = min(N, s + rows)
+            Pr = P[:, s:e] if keep else P[:, : e - s]            # (B, r, Ns)
+            torch.baddbmm(Pr, q[:, s:e], kt, beta=0, alpha=scale, out=Pr)
+            Pr.sub_(Pr.amax(-1, keepdim=True)).exp_()            # softmax over j, in place
+            Pr.div_(Pr.sum(-1, keepdim=True))
+            torch.bmm(Pr, v, out=y[:, s:e])
+        if keep:
+            ctx.save_for_backward(q, k, v, P, y)
+        ctx.scale, ctx.rows = scale, rows
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: Tensor):
+        q, k, v, P, y = ctx.saved_tensors
+        scale, rows = ctx.scale, ctx.rows
+        B, N, _ = q.shape
+        D = (dy * y).sum(-1, keepdim=True)                       # (B, N, 1)
+        dq = q.new_empty(q.shape)
+        dk, dv = k.new_zeros(k.shape), v.new_zeros(v.shape)
+        vt = v.transpose(1, 2)                                   # (B, dv, Ns)
+        dS = q.new_empty(B, min(N, rows), k.shape[1])
+        for s in range(0, N, rows):
+            e = min(N, s + rows)
+            Pr, dSr, dyr = P[:, s:e], dS[:, : e - s], dy[:, s:e]
+            dv.baddbmm_(Pr.transpose(1, 2), dyr)                 # dv += P_rᵀ dy_r
+            torch.bmm(dyr, vt, out=dSr)                          # dP_r = dy_r vᵀ
+            dSr.sub_(D[:, s:e]).mul_(Pr)                         # dS_r = P_r ∘ (dP_r − D_r)
+            torch.bmm(dSr, k, out=dq[:, s:e])
+            dk.baddbmm_(dSr.transpose(1, 2), q[:, s:e])
+        if scale != 1:
+            dq.mul_(scale)
+            dk.mul_(scale)
+        return dq, dk, dv, None, None
+
+
+def blocked_softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float = 1.0,
+                              block_pairs: int = BLOCK_PAIRS) -> Tensor:
+    """y_i = Σ_j softmax_j(scale · q_i·k_j) v_j through the explicit map, in cache-sized blocks.
+
+    q (B, N, dq), k (B, Ns, dq), v (B, Ns, dv) -> (B, N, dv). The numbers of the explicit map
+    (``implementation="naive"``) to float rounding, and its memory when differentiated (the
+    B × N × Ns map is kept for the backward pass; without gradients only a block of about
+    ``block_pairs`` pairs per batch element exists), but faster on a CPU: each block of rows
+    is built, normalised and used while it sits in the cache, and the backward pass is
+    written out by hand. No padding, so q and v may differ in width ("gaussian").
+    """
+    check_positive_int("block_pairs", block_pairs)
+    return _BlockedSoftmax.apply(q, k, v, scale, block_pairs)
 
 
 def _map_traffic(pairs: int, grad: bool) -> float:
@@ -381,7 +496,7 @@ def _map_traffic(pairs: int, grad: bool) -> float:
 
 def choose_implementation(mode: str, batch: int, positions: int, keys: int, dq: int, dv: int, *,
                           grad: bool = True, device: str = "cpu") -> str:
-    r"""The path ``implementation="auto"`` takes for these shapes: "naive" or "fast".
+    r"""The path ``implementation="auto"`` takes for these shapes: "naive", "fast" or "blocked".
 
     q (B, N, dq), k (B, Ns, dq), v (B, Ns, dv); ``grad``: the call is differentiated;
     ``device``: a device type. Off the CPU, for "concatenation" and for maps of more than
@@ -396,6 +511,15 @@ def choose_implementation(mode: str, batch: int, positions: int, keys: int, dq: 
     g = 1 with gradients (a backward pass costs twice the forward; the fused kernel also
     recomputes q·k), w = max(dq, dv) (the CPU kernel pads q, k and v to one width),
     p = B·N·Ns and m(p) = ``_map_traffic(p, grad)``.
+
+    With gradients, in the softmax modes, on the CPU, between the two bounds and where both
+    widths are at least ``BLOCKED_MIN_WIDTH``, "blocked" (:func:`blocked_softmax_attention`:
+    the explicit products, built and used in cache-sized blocks) replaces the explicit map
+    wherever the rule picks that, and the fused kernel where it is cheaper than the kernel::
+
+        blocked explicit map             3 · 2 (dq + dv) + BLOCKED_TRAFFIC
+
+    (so where the kernel pads v or q and k a lot: "gaussian", PAM and SAGAN with wide values).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -411,7 +535,12 @@ def choose_implementation(mode: str, batch: int, positions: int, keys: int, dq: 
     else:
         w = max(dq, dv)
         fast = (2 + 5 * g) * 2 * w + (1 + g) * COPY_COST * (positions + 2 * keys) * w / (positions * keys)
-    return "naive" if explicit <= fast else "fast"
+    path = "naive" if explicit <= fast else "fast"
+    if grad and mode in SOFTMAX_MODES and min(dq, dv) >= BLOCKED_MIN_WIDTH:
+        blocked = 3 * 2 * (dq + dv) + BLOCKED_TRAFFIC
+        if path == "naive" or blocked < fast:
+            return "blocked"
+    return path
 
 
 _EXPLICIT_AUTO = contextvars.ContextVar("nltutorial_explicit_auto", default=False)
@@ -443,8 +572,9 @@ def softmax_nonlocal(q: Tensor, k: Tensor, v: Tensor, scale: float = 1.0, implem
     """y_i = Σ_j softmax_j(scale · q_i·k_j) v_j by the explicit map or the fused path.
 
     q (B, N, dq), k (B, Ns, dq), v (B, Ns, dv) -> y (B, N, dv). ``implementation``: "naive"
-    (``attention_map(...) @ v``), "fast" (:func:`softmax_attention`, no N×Ns matrix) or "auto"
-    (:func:`choose_implementation`; "fast" whenever ``chunk_size`` is given).
+    (``attention_map(...) @ v``), "fast" (:func:`softmax_attention`, no N×Ns matrix),
+    "blocked" (:func:`blocked_softmax_attention`, the explicit map in cache-sized blocks) or
+    "auto" (:func:`choose_implementation`; "fast" whenever ``chunk_size`` is given).
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
@@ -456,6 +586,8 @@ def softmax_nonlocal(q: Tensor, k: Tensor, v: Tensor, scale: float = 1.0, implem
             grad=_needs_grad(q, k, v), device=q.device.type)
     if implementation == "naive":
         return attention_map(q, k, "embedded", scale) @ v       # (B, N, dv)
+    if implementation == "blocked":
+        return blocked_softmax_attention(q, k, v, scale)
     return softmax_attention(q, k, v, scale, chunk_size)
 
 
@@ -604,6 +736,9 @@ class NonLocalBlock(nn.Module):
     def implementation(self, value: str) -> None:
         if value not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {value!r}")
+        if value == "blocked" and self.mode not in SOFTMAX_MODES:
+            raise ValueError(f"implementation='blocked' is for the softmax modes {SOFTMAX_MODES}, "
+                             f"not mode={self.mode!r}; use 'naive', 'fast' or 'auto'")
         self._implementation = value
 
     def softmax_scale(self) -> float:
@@ -676,7 +811,7 @@ class NonLocalBlock(nn.Module):
         return (f / Ns) @ v
 
     def _choose(self, batch: int, positions: int, keys: int, grad: bool, device: str) -> str:
-        """"naive" or "fast": the path of this call (``implementation`` resolved when "auto")."""
+        """"naive", "fast" or "blocked": the path of this call ("auto" resolved)."""
         if self.implementation != "auto":
             return self.implementation
         if self.chunk_size is not None and self.mode in ("gaussian", "embedded"):
@@ -688,11 +823,15 @@ class NonLocalBlock(nn.Module):
                                      grad=grad, device=device)
 
     def implementation_for(self, x: Tensor) -> str:
-        """The path, "naive" or "fast", that ``forward(x)`` takes now (grad mode included)."""
+        """The path, "naive", "fast" or "blocked", that ``forward(x)`` takes now (grad mode included)."""
         self._check_input(x)
         grad = _needs_grad(x, *self.parameters())
         spatial = x.shape[2:]
         return self._choose(x.shape[0], math.prod(spatial), self._key_positions(spatial), grad, x.device.type)
+
+    def _blocked(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """The explicit softmax map, built and used in cache-sized blocks of rows."""
+        return blocked_softmax_attention(q, k, v, self.softmax_scale())
 
     def _fast(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self.mode == "dot":
@@ -724,10 +863,9 @@ class NonLocalBlock(nn.Module):
                     f"raise max_attention_elements or use a smaller input")
             attn = attention_map(q, k, self.mode, self.softmax_scale(), self._w_f())
             y = attn @ v
-        elif self._choose(B, q.shape[1], k.shape[1], _needs_grad(q, k, v), q.device.type) == "naive":
-            y = self._naive(q, k, v)
         else:
-            y = self._fast(q, k, v)
+            path = self._choose(B, q.shape[1], k.shape[1], _needs_grad(q, k, v), q.device.type)
+            y = {"naive": self._naive, "blocked": self._blocked, "fast": self._fast}[path](q, k, v)
         y = y.transpose(1, 2).reshape(B, self.inter_channels, *spatial)  # (B, d, *spatial)
         fmt = _memory_format(x)
         y = y.contiguous(memory_format=fmt)                     # x's layout ...

@@ -14,8 +14,9 @@ from torch.func import functional_call
 
 from conftest import largest_saved_tensor
 
-from nltutorial.nonlocal_block import (IMPLEMENTATIONS, MODES, NonLocalBlock, choose_implementation,
-                                       relu_pairs_sorted, wake)
+from nltutorial.cost import peak_memory
+from nltutorial.nonlocal_block import (IMPLEMENTATIONS, MODES, NonLocalBlock, blocked_softmax_attention,
+                                       choose_implementation, relu_pairs_sorted, wake)
 from nltutorial.video_models import video_resnet
 
 
@@ -218,6 +219,68 @@ def test_relu_pairs_sorted_float32_accuracy():
     torch.testing.assert_close(relu_pairs_sorted(a, b, v).double(), exact, rtol=1e-5, atol=1e-4)
 
 
+# --------------------------------------------------------------------------------------
+# The blocked explicit map: the softmax map built and used in cache-sized row blocks
+# --------------------------------------------------------------------------------------
+
+
+def plain_softmax_attention(q, k, v, scale):
+    """y_i = Σ_j softmax_j(scale q_i·k_j) v_j, written out with explicit exp and sums."""
+    s = scale * torch.einsum("bid,bjd->bij", q, k)
+    e = torch.exp(s - s.max(dim=-1, keepdim=True).values)
+    return torch.einsum("bij,bjc->bic", e / e.sum(dim=-1, keepdim=True), v)
+
+
+@pytest.mark.parametrize("block_pairs", [1, 7, 40, 11 * 37, 2**21])   # 1 row .. every row in one block
+@pytest.mark.parametrize("dq,dv", [(5, 3), (3, 5), (4, 4)])
+def test_blocked_equals_the_formula_with_gradients(block_pairs, dq, dv):
+    g = torch.Generator().manual_seed(block_pairs + 10 * dq + dv)
+    q, k, v = (torch.randn(2, n, d, generator=g, dtype=torch.float64).requires_grad_()
+               for n, d in ((37, dq), (11, dq), (11, dv)))
+    dy = torch.randn(2, 37, dv, generator=g, dtype=torch.float64)
+    got = blocked_softmax_attention(q, k, v, 0.7, block_pairs)
+    want = plain_softmax_attention(q, k, v, 0.7)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(got, (q, k, v), dy)
+    for a, b in zip(grads, torch.autograd.grad(want, (q, k, v), dy)):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+    assert torch.autograd.gradcheck(lambda *t: blocked_softmax_attention(*t, 0.7, block_pairs), (q, k, v))
+
+
+def test_blocked_accepts_strided_inputs_and_shared_q_k():
+    """The block's layout: q = k = x viewed as (B, N, C) through a transpose ("gaussian")."""
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64, requires_grad=True)      # (B, C, H, W)
+    v = torch.randn(2, 35, 4, dtype=torch.float64, requires_grad=True)
+    q = x.flatten(2).transpose(1, 2)                                          # (B, N, C), not contiguous
+    got = blocked_softmax_attention(q, q, v, 0.3, block_pairs=64)
+    want = plain_softmax_attention(q, q, v, 0.3)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    (gx, gv), (wx, wv) = (torch.autograd.grad(y.square().sum(), (x, v)) for y in (got, want))
+    torch.testing.assert_close(gx, wx, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(gv, wv, rtol=1e-11, atol=1e-11)
+
+
+def test_blocked_keeps_the_map_only_when_differentiated():
+    """Training: the B×N×N_s map is saved (no recomputation); inference: one block of it."""
+    B, N, Ns, d = 2, 64, 48, 4
+    q, k, v = (torch.randn(B, n, d) for n in (N, Ns, Ns))
+    block_pairs = 8 * Ns                                                      # blocks of 8 rows
+    sizes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+        blocked_softmax_attention(q.requires_grad_(), k, v, 1.0, block_pairs).sum().backward()
+    assert max(sizes) == B * N * Ns
+    peak = peak_memory(lambda: blocked_softmax_attention(q.detach(), k, v, 1.0, block_pairs))
+    assert peak <= 4 * (B * N * d + B * 8 * Ns + 4 * B * 8)   # y, one block, its row maxima/sums: no map
+    assert peak < 4 * B * N * Ns / 4
+    assert peak_memory(lambda: plain_softmax_attention(q.detach(), k, v, 1.0)) >= 4 * B * N * Ns
+
+
+def test_blocked_names_a_bad_block_size():
+    q = torch.randn(1, 4, 2)
+    with pytest.raises(ValueError, match="block_pairs"):
+        blocked_softmax_attention(q, q, q, 1.0, block_pairs=0)
+
+
 @pytest.mark.parametrize("mode", [*MODES, "concatenation/chunked"])
 @pytest.mark.parametrize("implementation", ["fast", "naive"])
 def test_fast_path_saves_no_pair_matrix_for_backward(mode, implementation):
@@ -318,7 +381,12 @@ def plain_rule(mode, B, N, Ns, dq, dv, grad=True, device="cpu"):
     else:
         w = max(dq, dv)
         fast = (7 if grad else 2) * 2 * w + (2 if grad else 1) * 64 * (N + 2 * Ns) * w / (N * Ns)
-    return "naive" if explicit <= fast else "fast"
+    path = "naive" if explicit <= fast else "fast"
+    # the explicit map in cache-sized blocks: with gradients, softmax modes, both widths >= 32
+    if grad and mode in ("gaussian", "embedded") and dq >= 32 and dv >= 32:
+        if path == "naive" or 6 * (dq + dv) + 400 < fast:
+            return "blocked"
+    return path
 
 
 def test_choose_implementation_follows_the_cost_model():
@@ -331,6 +399,7 @@ def test_choose_implementation_follows_the_cost_model():
         seen.add((mode, got))
     assert {m for m, path in seen if path == "naive"} == {"gaussian", "embedded", "dot"}
     assert {m for m, path in seen if path == "fast"} == set(MODES)
+    assert {m for m, path in seen if path == "blocked"} == {"gaussian", "embedded"}
     assert choose_implementation("embedded", 2, 64, 64, 128, 128, device="cuda") == "fast"
     assert choose_implementation("embedded", 2, 64, 64, 128, 128, device="meta") == "fast"
     with pytest.raises(ValueError, match="mode"):
@@ -342,21 +411,24 @@ def test_auto_picks_what_the_measurements_found():
     n = {s: s * s for s in (16, 32, 64, 128)}
     pick = lambda mode, side, pool, **kw: choose_implementation(  # noqa: E731
         mode, 2, n[side], n[side] // pool, 256 if mode == "gaussian" else 128, 128, **kw)
-    assert pick("embedded", 32, 1) == pick("embedded", 32, 4) == pick("embedded", 16, 4) == "naive"
+    assert pick("embedded", 16, 4) == pick("embedded", 16, 1) == "naive"  # < AUTO_MIN_PAIRS: overheads
+    assert pick("embedded", 32, 1) == pick("embedded", 32, 4) == "blocked"  # the map, in cached blocks
     assert pick("embedded", 64, 1) == pick("embedded", 64, 4) == "fast"   # the map outgrows the caches
     assert pick("embedded", 32, 1, grad=False) == "fast"                   # no recomputation without grad
-    assert pick("gaussian", 64, 1) == pick("gaussian", 64, 4) == "naive"  # fused: w = 256 for d = 128
+    assert pick("gaussian", 64, 1) == pick("gaussian", 64, 4) == "blocked"  # fused: w = 256 for d = 128
     assert pick("gaussian", 128, 1) == pick("gaussian", 128, 4) == "fast"  # > AUTO_MAX_PAIRS: memory
-    assert choose_implementation("gaussian", 1, 8 * 28 * 28, 8 * 28 * 28, 256, 128) == "naive"  # 3.9e7 pairs
+    assert choose_implementation("gaussian", 1, 8 * 28 * 28, 8 * 28 * 28, 256, 128) == "blocked"  # 3.9e7 pairs
+    assert choose_implementation("embedded", 1, 4096, 1024, 8, 64) == "naive"  # PAM, C = 64: keys too thin
+    assert choose_implementation("embedded", 1, 4096, 4096, 64, 512) == "blocked"  # PAM, C = 512
     assert pick("dot", 16, 4) == "naive" and pick("dot", 16, 1) == pick("dot", 64, 4) == "fast"
     assert all(pick("concatenation", s, p) == "fast" for s in n for p in (1, 4))
 
 
 @pytest.fixture
 def taken(monkeypatch):
-    """Record which private path, _naive or _fast, each NonLocalBlock call ran."""
+    """Record which private path, _naive, _fast or _blocked, each NonLocalBlock call ran."""
     calls = []
-    for name in ("_naive", "_fast"):
+    for name in ("_naive", "_fast", "_blocked"):
         original = getattr(NonLocalBlock, name)
 
         def spy(self, *args, _original=original, _name=name):
@@ -374,7 +446,7 @@ AUTO_CASES = {"small": (6, 3, None), "small-wide": (256, 128, None), "large-narr
 LARGE = {1: (1024,), 2: (32, 32), 3: (4, 16, 16)}
 #: the path "auto" takes there: softmax modes, "dot" (concatenation: always "fast")
 AUTO_EXPECTED = {"small": ("naive", "fast"), "small-wide": ("naive", "naive"), "large-narrow": ("fast", "fast"),
-                 "large-wide": ("naive", "fast")}
+                 "large-wide": ("blocked", "fast")}
 
 
 def outputs_and_grads(block, x, grad_z):
@@ -397,7 +469,8 @@ def test_auto_fast_naive_agree_outputs_and_gradients(dim, mode, sub_sample, case
     x = rand_x(dim, C=C, shape=shape and LARGE[dim])
     grad_z = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=x.dtype)
     results = {}
-    for implementation in IMPLEMENTATIONS:
+    paths = [p for p in IMPLEMENTATIONS if p != "blocked" or mode in ("gaussian", "embedded")]
+    for implementation in paths:
         block.implementation = implementation
         taken.clear()
         results[implementation] = outputs_and_grads(block, x, grad_z)
@@ -407,20 +480,20 @@ def test_auto_fast_naive_agree_outputs_and_gradients(dim, mode, sub_sample, case
     assert block.implementation_for(x) == expected
     torch.testing.assert_close(results["naive"][0], ref(x), rtol=1e-10, atol=1e-10)
     assert len(results["auto"]) == len(list(block.parameters())) + 2
-    for other in ("fast", "auto"):
+    for other in set(paths) - {"naive"}:
         for a, b in zip(results[other], results["naive"]):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
 def test_auto_follows_grad_mode_and_chunk_size():
     block = NonLocalBlock(256, mode="embedded", sub_sample=False, implementation="auto")
-    x = torch.randn(1, 256, 32, 32)                       # p = 2**20: naive with gradients, fast without
-    assert block.implementation_for(x) == "naive"
+    x = torch.randn(1, 256, 32, 32)                       # p = 2**20: blocked with gradients, fast without
+    assert block.implementation_for(x) == "blocked"
     with torch.no_grad():
         assert block.implementation_for(x) == "fast"
     block.requires_grad_(False)
     assert block.implementation_for(x) == "fast"
-    assert block.implementation_for(x.requires_grad_()) == "naive"
+    assert block.implementation_for(x.requires_grad_()) == "blocked"
     chunked = NonLocalBlock(256, mode="embedded", sub_sample=False, chunk_size=64,
                             implementation="auto")
     assert chunked.implementation_for(x) == "fast"        # chunks asked for: the fast path
@@ -515,6 +588,8 @@ def test_return_attention(dim, mode):
 def test_autocast_bf16_large_inputs_finite(mode, implementation):
     torch.manual_seed(0)
     mode, _, algorithm = mode.partition("/")
+    if implementation == "blocked" and mode not in SOFTMAX_MODES:
+        pytest.skip("'blocked' is a path of the softmax modes only")
     block = randomise(NonLocalBlock(8, mode=mode, sub_sample=False, implementation=implementation,
                                     concat_algorithm=algorithm or "sorted"))
     block.train()
@@ -543,6 +618,7 @@ def test_autocast_bf16_large_inputs_finite(mode, implementation):
         (dict(in_channels=8, dimension=0), "dimension"),
         (dict(in_channels=8, mode="softmax"), "mode"),
         (dict(in_channels=8, implementation="slow"), "implementation"),
+        (dict(in_channels=8, mode="dot", implementation="blocked"), "implementation"),
         (dict(in_channels=8, attention_scale=0.0), "attention_scale"),
         (dict(in_channels=8, mode="dot", attention_scale=None), "attention_scale"),
         (dict(in_channels=8, chunk_size=0), "chunk_size"),
