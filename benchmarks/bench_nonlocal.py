@@ -10,7 +10,7 @@ weights run through
   ``NonLocalBlock(implementation=...)`` ("auto" also says which path it took).
 
 ``--modules`` adds PAM (DANet) and SAGAN's self-attention (C = 64, batch 1, 16²..64²) with
-their three implementations.
+their four implementations.
 
 Time: forward + backward (a fixed random gradient on z), median of ``--repeat`` runs after
 one warm-up, the paths interleaved and their order shuffled from run to run so that a
@@ -68,7 +68,8 @@ sys.path.insert(0, str(ROOT))
 
 from nltutorial.cost import peak_memory  # noqa: E402
 from nltutorial.danet import PositionAttention  # noqa: E402
-from nltutorial.nonlocal_block import MODES, NonLocalBlock, choose_implementation, wake  # noqa: E402
+from nltutorial.nonlocal_block import (MODES, SOFTMAX_MODES, NonLocalBlock, choose_implementation,  # noqa: E402
+                                       wake)
 from nltutorial.sagan import SelfAttention2d  # noqa: E402
 
 PATHS = ("alexhex7", "naive", "fast", "blocked", "auto")
@@ -233,7 +234,7 @@ def run_case(case, args) -> list[dict]:
     x, grad_z = on_device(torch.randn(2, case["batch"], C, *case["spatial"]), args)
     explicit_ok = explicit_gib(case, d) <= args.naive_max_gib
     paths = [p for p in PATHS if (explicit_ok or p in ("fast", "auto"))
-             and (p != "blocked" or case["mode"] in ("gaussian", "embedded"))]
+             and (p != "blocked" or case["mode"] in SOFTMAX_MODES)]
     taken = {"alexhex7": "naive", "naive": "naive", "fast": "fast", "blocked": "blocked",
              "auto": block.implementation_for(x)}
 

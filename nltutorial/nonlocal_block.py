@@ -404,7 +404,8 @@ COPY_COST = 64.0
 #: its products are too thin to pay for the loop over blocks (measured up to 1.46x naive)
 BLOCKED_MIN_WIDTH = 32
 #: ... and its cost per pair beyond the products (two passes of the map through memory, the
-#: in-cache softmax passes): 110-670 in the runs of the module docstring, 400 taken
+#: in-cache softmax passes): 110-670 when fitted to the blocked/fast ratios of the module
+#: docstring's runs, 400 taken
 BLOCKED_TRAFFIC = 400.0
 
 
