@@ -106,24 +106,27 @@ the explicit map, and so its memory when training, but builds it in blocks of ro
 it is in the cache, and the backward pass is written out by hand (dv += Pᵀdy, dS = P ∘ (dy vᵀ
 − D), dq = dS k, dk += dSᵀq, no recomputation and no padding). The map crosses memory twice
 instead of about ten times. Its time, forward + backward, against the other two (one thread
-of the same CPU, 32 MiB L3, medians of 5 interleaved runs, 2026-12-03)::
+of the same CPU, 32 MiB L3, medians of 5 interleaved runs, 2026-12-03, training paused)::
 
     dq : dv     B × N × N_s        where it occurs              /naive  /fast
     ---------   -----------------  ---------------------------  ------  -----
-    256 : 128   2 × 1024 × 1024    gaussian, C = 256, 32²         0.91   0.72
-    256 : 128   2 × 4096 × 1024    gaussian, 64², sub-sampled     0.81   0.71
-    256 : 128   2 × 4096 × 4096    gaussian, 64²                  0.90   0.83
-    256 : 128   1 × 6272 × 6272    gaussian, 8×28² video          0.78   0.78
-    128 : 128   2 × 1024 × 1024    embedded, C = 256, 32²         0.81   0.96
-    128 : 128   2 × 4096 × 4096    embedded, 64²                  0.75   1.05
-    64 : 512    1 × 4096 × 4096    PAM, C = 512, 64²              0.76   0.56
-    32 : 256    1 × 4096 × 4096    SAGAN, C = 256, 64²            0.72   0.60
-    64 : 32     2 × 4096 × 1024    gaussian, C = 64, sub-sampled  0.60   0.95
-    8 : 64      1 × 4096 × 1024    PAM, C = 64, 64²/2 keys        1.46   1.21
+    256 : 128   2 × 1024 × 1024    gaussian, C = 256, 32²         0.89   0.73
+    256 : 128   2 × 4096 × 1024    gaussian, 64², sub-sampled     0.78   0.67
+    256 : 128   2 × 4096 × 4096    gaussian, 64²                  0.80   0.72
+    256 : 128   1 × 6272 × 6272    gaussian, 8×28² video          0.81   0.70
+    128 : 128   2 × 1024 × 1024    embedded, C = 256, 32²         1.00   0.93
+    128 : 128   2 × 4096 × 4096    embedded, 64²                  0.76   0.98
+    64 : 512    1 × 4096 × 4096    PAM, C = 512, 64²              0.84   0.50
+    32 : 256    1 × 4096 × 4096    SAGAN, C = 256, 64²            0.81   0.62
+    64 : 32     2 × 4096 × 1024    gaussian, C = 64, sub-sampled  0.60   0.89
+    32 : 32     2 × 4096 × 4096    embedded, C = 64, 64²          0.71   1.54
+    8 : 64      1 × 4096 × 4096    PAM, C = 64, 64²               0.79   1.17
+    8 : 64      1 × 4096 × 1024    PAM, C = 64, 64²/2 keys        1.28   1.16
 
 "auto" takes it with gradients wherever it would have built the explicit map, and instead
 of the fused kernel where a cost per pair says it is cheaper (``BLOCKED_TRAFFIC``; the
-fused kernel stays for equal widths at 64²), but not for 8-wide keys (the last row:
+fused kernel, whose memory is O(N), stays where the two are level, for equal widths at 64²,
+and wins for narrow equal widths), but not for 8-wide keys (the last two rows:
 ``BLOCKED_MIN_WIDTH``).
 
 Checkpoint layout
@@ -401,12 +404,13 @@ MAP_TRAFFIC = {True: (60.0, 65.0, 21, 200.0), False: (70.0, 60.0, 20, 270.0)}
 #: ... and the cost per element of the fused path's copies to and from the kernel's layout.
 COPY_COST = 64.0
 #: "blocked" only where q and v are both at least this wide: with 8-wide keys (PAM, SAGAN)
-#: its products are too thin to pay for the loop over blocks (measured up to 1.46x naive)
+#: its products are too thin to pay for the loop over blocks (measured up to 1.28x naive)
 BLOCKED_MIN_WIDTH = 32
 #: ... and its cost per pair beyond the products (two passes of the map through memory, the
-#: in-cache softmax passes): 110-670 when fitted to the blocked/fast ratios of the module
-#: docstring's runs, 400 taken
-BLOCKED_TRAFFIC = 400.0
+#: in-cache softmax): 130-510 when fitted to each blocked/fast ratio of the module docstring's
+#: runs; 300 taken, which keeps the fused kernel (O(N) memory) for equal widths at 64², where
+#: the two are level (0.98), and agrees with every other decision of those runs
+BLOCKED_TRAFFIC = 300.0
 
 
 #: the blocked explicit path fills the map in blocks of rows of about this many (query × key)
@@ -421,9 +425,10 @@ def _block_rows(keys: int, block_pairs: int) -> int:
 class _BlockedSoftmax(torch.autograd.Function):
     """y = softmax(scale · q kᵀ) v with the map P stored, but built and used in row blocks.
 
-    Forward, for each block of rows r: S_r = scale · q_r kᵀ, P_r = softmax(S_r) in place,
-    y_r = P_r v, all while P_r is still in the cache. Backward, with D_i = Σ_c dy_ic y_ic:
-    dv += P_rᵀ dy_r, dS_r = P_r ∘ (dy_r vᵀ − D_r), dq_r = scale · dS_r k, dk += scale · dS_rᵀ q_r.
+    Forward, for each batch element and block of rows r: S_r = scale · q_r kᵀ,
+    P_r = softmax(S_r) in place (one fused pass per row), y_r = P_r v, all while P_r is still
+    in the cache. Backward, with D_i = Σ_c dy_ic y_ic: dv += P_rᵀ dy_r,
+    dS_r = P_r ∘ (dy_r vᵀ − D_r), dq_r = scale · dS_r k, dk += scale · dS_rᵀ q_r.
     The same products as the explicit map (no recomputation, no padding) with two passes of P
     through memory instead of about ten. Without gradients only one block is allocated.
     """
@@ -434,16 +439,16 @@ class _BlockedSoftmax(torch.autograd.Function):
         Ns, dv = k.shape[1], v.shape[2]
         rows = min(N, _block_rows(Ns, block_pairs))
         keep = any(ctx.needs_input_grad[:3])
-        P = q.new_empty(B, N if keep else rows, Ns)              # the map, or one block of it
+        P = q.new_empty(B, N, Ns) if keep else q.new_empty(1, rows, Ns)  # the map, or one block
         y = q.new_empty(B, N, dv)
-        kt = k.transpose(1, 2)                                   # (B, dq, Ns)
-        for s in range(0, N, rows):
-            e = min(N, s + rows)
-            Pr = P[:, s:e] if keep else P[:, : e - s]            # (B, r, Ns)
-            torch.baddbmm(Pr, q[:, s:e], kt, beta=0, alpha=scale, out=Pr)
-            Pr.sub_(Pr.amax(-1, keepdim=True)).exp_()            # softmax over j, in place
-            Pr.div_(Pr.sum(-1, keepdim=True))
-            torch.bmm(Pr, v, out=y[:, s:e])
+        for b in range(B):                                       # a block is contiguous
+            kt = k[b].t()                                        # (dq, Ns)
+            for s in range(0, N, rows):
+                e = min(N, s + rows)
+                Pr = P[b, s:e] if keep else P[0, : e - s]        # (r, Ns)
+                torch.addmm(Pr, q[b, s:e], kt, beta=0, alpha=scale, out=Pr)
+                torch.softmax(Pr, -1, out=Pr)                    # over j, in place
+                torch.mm(Pr, v[b], out=y[b, s:e])
         if keep:
             ctx.save_for_backward(q, k, v, P, y)
         ctx.scale, ctx.rows = scale, rows
@@ -455,19 +460,21 @@ class _BlockedSoftmax(torch.autograd.Function):
         q, k, v, P, y = ctx.saved_tensors
         scale, rows = ctx.scale, ctx.rows
         B, N, _ = q.shape
+        dy = dy.contiguous()
         D = (dy * y).sum(-1, keepdim=True)                       # (B, N, 1)
         dq = q.new_empty(q.shape)
         dk, dv = k.new_zeros(k.shape), v.new_zeros(v.shape)
-        vt = v.transpose(1, 2)                                   # (B, dv, Ns)
-        dS = q.new_empty(B, min(N, rows), k.shape[1])
-        for s in range(0, N, rows):
-            e = min(N, s + rows)
-            Pr, dSr, dyr = P[:, s:e], dS[:, : e - s], dy[:, s:e]
-            dv.baddbmm_(Pr.transpose(1, 2), dyr)                 # dv += P_rᵀ dy_r
-            torch.bmm(dyr, vt, out=dSr)                          # dP_r = dy_r vᵀ
-            dSr.sub_(D[:, s:e]).mul_(Pr)                         # dS_r = P_r ∘ (dP_r − D_r)
-            torch.bmm(dSr, k, out=dq[:, s:e])
-            dk.baddbmm_(dSr.transpose(1, 2), q[:, s:e])
+        dS = q.new_empty(min(N, rows), k.shape[1])               # one block
+        for b in range(B):
+            vt = v[b].t()                                        # (dv, Ns)
+            for s in range(0, N, rows):
+                e = min(N, s + rows)
+                Pr, dSr, dyr = P[b, s:e], dS[: e - s], dy[b, s:e]
+                dv[b].addmm_(Pr.t(), dyr)                        # dv += P_rᵀ dy_r
+                torch.mm(dyr, vt, out=dSr)                       # dP_r = dy_r vᵀ
+                dSr.sub_(D[b, s:e]).mul_(Pr)                     # dS_r = P_r ∘ (dP_r − D_r)
+                torch.mm(dSr, k[b], out=dq[b, s:e])
+                dk[b].addmm_(dSr.t(), q[b, s:e])                 # dk += dS_rᵀ q_r
         if scale != 1:
             dq.mul_(scale)
             dk.mul_(scale)
