@@ -25,8 +25,9 @@ GEMM fraction: the analytic FLOPs of the forward + backward (below) divided by t
 by this CPU's fp32 GEMM rate, measured in the same process at the same thread count with a
 1024×1024×1024 matmul timed in every run of every case (median). FLOPs, 2 per multiply-add,
 backward = 2 × forward: the 1×1 convolutions (θ, φ, g: 2BNCd each, W_z: 2BNdC) plus the
-attention products of the path: 2BN·N_s(dq + dv) for the explicit map and the fused kernel
-(its recomputation in the backward pass is overhead, not counted), 2B(N + N_s)dq·dv for the
+attention products of the path: 2BN·N_s(dq + dv) for the explicit map, the blocked map and
+the fused kernel (their recomputation in the backward pass, the kernel's padding and the
+blocked map's rebuilt blocks above 2^27 pairs, is overhead, not counted), 2B(N + N_s)dq·dv for the
 reordered "dot", 2BN·N_s(2d + d) for the explicit "concatenation" and 6B(N + N_s)d for its
 sorted path. Pooling, softmax, BatchNorm and elementwise work are not counted.
 
@@ -233,7 +234,8 @@ def run_case(case, args) -> list[dict]:
     block, ref = (m.to(args.device, args.torch_dtype) for m in (block, ref))
     x, grad_z = on_device(torch.randn(2, case["batch"], C, *case["spatial"]), args)
     explicit_ok = explicit_gib(case, d) <= args.naive_max_gib
-    paths = [p for p in PATHS if (explicit_ok or p in ("fast", "auto"))
+    # "blocked" at every size: above BLOCKED_MAX_PAIRS it rebuilds the map (O(N) memory)
+    paths = [p for p in PATHS if (explicit_ok or p in ("fast", "blocked", "auto"))
              and (p != "blocked" or case["mode"] in SOFTMAX_MODES)]
     taken = {"alexhex7": "naive", "naive": "naive", "fast": "fast", "blocked": "blocked",
              "auto": block.implementation_for(x)}

@@ -123,11 +123,15 @@ of the same CPU, 32 MiB L3, medians of 5 interleaved runs, 2026-12-03, training 
     8 : 64      1 × 4096 × 4096    PAM, C = 64, 64²               0.79   1.17
     8 : 64      1 × 4096 × 1024    PAM, C = 64, 64²/2 keys        1.28   1.16
 
-"auto" takes it with gradients wherever it would have built the explicit map, and instead
-of the fused kernel where a cost per pair says it is cheaper (``BLOCKED_TRAFFIC``; the
-fused kernel, whose memory is O(N), stays where the two are level, for equal widths at 64²,
-and wins for narrow equal widths), but not for 8-wide keys (the last two rows:
-``BLOCKED_MIN_WIDTH``).
+"auto" takes it with gradients, for maps of 2^21 to 2^27 pairs (``BLOCKED_MIN_PAIRS``,
+``BLOCKED_MAX_PAIRS``: below, the whole map is in the caches anyway; above, memory), wherever
+it would have built the explicit map, and instead of the fused kernel where a cost per pair
+says it is cheaper (``BLOCKED_TRAFFIC``; the fused kernel, whose memory is O(N), stays where
+the two are level, for equal widths at 64², and wins for narrow equal widths), but not for
+8-wide keys (the last two rows: ``BLOCKED_MIN_WIDTH``). Above 2^27 pairs "blocked" keeps only
+each row's log-sum-exp L_i and rebuilds the blocks in the backward pass, P_r = exp(S_r − L_r):
+one more product per pair, O(N) memory like the fused kernel, but no padding, so "auto"
+takes it where the kernel pads much (``RECOMPUTE_TRAFFIC``; "gaussian" at 128² or 8 × 56²).
 
 Checkpoint layout
 -----------------
@@ -411,6 +415,22 @@ BLOCKED_MIN_WIDTH = 32
 #: runs; 300 taken, which keeps the fused kernel (O(N) memory) for equal widths at 64², where
 #: the two are level (0.98), and agrees with every other decision of those runs
 BLOCKED_TRAFFIC = 300.0
+#: ... and only for maps of this many pairs or more: below, the map sits in the caches and
+#: the loop over blocks does not pay (2 × 32² sub-sampled and 4 × 14², 2^19 pairs: 1.01-1.08x
+#: the explicit map in bench_nonlocal_blocked_cpu.txt and bench_nonlocal_dispatch_cpu.txt);
+#: at 2 × 32² (2^21) it was 0.87x and 1.03x, 0.96x and 0.99x (gaussian, embedded) ...
+BLOCKED_MIN_PAIRS = 2**21
+#: ... and up to this many: it keeps one map (and one block) where the explicit path keeps
+#: about three at its peak, so twice AUTO_MAX_PAIRS stays within the memory the explicit map
+#: may take (at 2 × 128² sub-sampled, 2^27 pairs, a training step peaked at 696 MiB blocked,
+#: 1620 MiB explicit); beyond it "fast" (O(N) memory)
+BLOCKED_MAX_PAIRS = 2**27
+#: ... beyond which "blocked" keeps only each row's log-sum-exp and rebuilds the blocks in the
+#: backward pass (one more product, 2·dq per pair): its cost per pair beyond the products,
+#: fitted to gaussian-width runs (dq = 256, dv = 128: 0.79-0.93x the fused kernel at 2^24 to
+#: 2^28 pairs, which pads v to 256) and PAM's (64 : 512, 0.53x); with equal widths (128 : 128,
+#: 1.26x) the kernel stays
+RECOMPUTE_TRAFFIC = 500.0
 
 
 #: the blocked explicit path fills the map in blocks of rows of about this many (query × key)
@@ -423,23 +443,28 @@ def _block_rows(keys: int, block_pairs: int) -> int:
 
 
 class _BlockedSoftmax(torch.autograd.Function):
-    """y = softmax(scale · q kᵀ) v with the map P stored, but built and used in row blocks.
+    """y = softmax(scale · q kᵀ) v, the map built and used in row blocks: stored, or recomputed.
 
     Forward, for each batch element and block of rows r: S_r = scale · q_r kᵀ,
     P_r = softmax(S_r) in place (one fused pass per row), y_r = P_r v, all while P_r is still
     in the cache. Backward, with D_i = Σ_c dy_ic y_ic: dv += P_rᵀ dy_r,
     dS_r = P_r ∘ (dy_r vᵀ − D_r), dq_r = scale · dS_r k, dk += scale · dS_rᵀ q_r.
-    The same products as the explicit map (no recomputation, no padding) with two passes of P
-    through memory instead of about ten. Without gradients only one block is allocated.
+    ``keep_map=True``: the whole map P is saved for the backward pass (the products of the
+    explicit map, no recomputation and no padding; two passes of P through memory instead of
+    about ten). ``keep_map=False``: only the log-sum-exp of every row, L_i = log Σ_j exp S_ij,
+    is saved and the backward pass rebuilds each block, P_r = exp(S_r − L_r): one more product
+    (2·dq per pair), O(N) memory, and still no padding. Without gradients one block exists.
     """
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float, block_pairs: int) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float, block_pairs: int, keep_map: bool) -> Tensor:
         B, N, _ = q.shape
         Ns, dv = k.shape[1], v.shape[2]
         rows = min(N, _block_rows(Ns, block_pairs))
-        keep = any(ctx.needs_input_grad[:3])
+        grad = any(ctx.needs_input_grad[:3])
+        keep = grad and keep_map
         P = q.new_empty(B, N, Ns) if keep else q.new_empty(1, rows, Ns)  # the map, or one block
+        lse = q.new_empty(B, N) if grad and not keep else None           # L_i, to rebuild P
         y = q.new_empty(B, N, dv)
         for b in range(B):                                       # a block is contiguous
             kt = k[b].t()                                        # (dq, Ns)
@@ -447,17 +472,23 @@ class _BlockedSoftmax(torch.autograd.Function):
                 e = min(N, s + rows)
                 Pr = P[b, s:e] if keep else P[0, : e - s]        # (r, Ns)
                 torch.addmm(Pr, q[b, s:e], kt, beta=0, alpha=scale, out=Pr)
+                if lse is not None:                              # row maxima m_r of S_r
+                    torch.amax(Pr, -1, out=lse[b, s:e])
                 torch.softmax(Pr, -1, out=Pr)                    # over j, in place
+                if lse is not None:                              # L = m − log max_j P (exp-free)
+                    lse[b, s:e].sub_(Pr.amax(-1).log_())
                 torch.mm(Pr, v[b], out=y[b, s:e])
         if keep:
             ctx.save_for_backward(q, k, v, P, y)
-        ctx.scale, ctx.rows = scale, rows
+        elif grad:
+            ctx.save_for_backward(q, k, v, lse, y)
+        ctx.scale, ctx.rows, ctx.keep = scale, rows, keep
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy: Tensor):
-        q, k, v, P, y = ctx.saved_tensors
+        q, k, v, saved, y = ctx.saved_tensors                   # saved: P (B, N, Ns) or L (B, N)
         scale, rows = ctx.scale, ctx.rows
         B, N, _ = q.shape
         dy = dy.contiguous()
@@ -465,11 +496,18 @@ class _BlockedSoftmax(torch.autograd.Function):
         dq = q.new_empty(q.shape)
         dk, dv = k.new_zeros(k.shape), v.new_zeros(v.shape)
         dS = q.new_empty(min(N, rows), k.shape[1])               # one block
+        P = None if ctx.keep else q.new_empty(min(N, rows), k.shape[1])
         for b in range(B):
-            vt = v[b].t()                                        # (dv, Ns)
+            vt, kt = v[b].t(), k[b].t()                          # (dv, Ns), (dq, Ns)
             for s in range(0, N, rows):
                 e = min(N, s + rows)
-                Pr, dSr, dyr = P[b, s:e], dS[: e - s], dy[b, s:e]
+                dSr, dyr = dS[: e - s], dy[b, s:e]
+                if ctx.keep:
+                    Pr = saved[b, s:e]
+                else:                                            # P_r = exp(scale · q_r kᵀ − L_r)
+                    Pr = P[: e - s]
+                    torch.addmm(Pr, q[b, s:e], kt, beta=0, alpha=scale, out=Pr)
+                    Pr.sub_(saved[b, s:e, None]).exp_()
                 dv[b].addmm_(Pr.t(), dyr)                        # dv += P_rᵀ dy_r
                 torch.mm(dyr, vt, out=dSr)                       # dP_r = dy_r vᵀ
                 dSr.sub_(D[b, s:e]).mul_(Pr)                     # dS_r = P_r ∘ (dP_r − D_r)
@@ -478,22 +516,28 @@ class _BlockedSoftmax(torch.autograd.Function):
         if scale != 1:
             dq.mul_(scale)
             dk.mul_(scale)
-        return dq, dk, dv, None, None
+        return dq, dk, dv, None, None, None
 
 
 def blocked_softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float = 1.0,
-                              block_pairs: int = BLOCK_PAIRS) -> Tensor:
+                              block_pairs: int = BLOCK_PAIRS, keep_map: Optional[bool] = None) -> Tensor:
     """y_i = Σ_j softmax_j(scale · q_i·k_j) v_j through the explicit map, in cache-sized blocks.
 
     q (B, N, dq), k (B, Ns, dq), v (B, Ns, dv) -> (B, N, dv). The numbers of the explicit map
-    (``implementation="naive"``) to float rounding, and its memory when differentiated (the
-    B × N × Ns map is kept for the backward pass; without gradients only a block of about
-    ``block_pairs`` pairs per batch element exists), but faster on a CPU: each block of rows
-    is built, normalised and used while it sits in the cache, and the backward pass is
-    written out by hand. No padding, so q and v may differ in width ("gaussian").
+    (``implementation="naive"``) to float rounding, but faster on a CPU: each block of rows of
+    about ``block_pairs`` pairs per batch element is built, normalised and used while it sits
+    in the cache, and the backward pass is written out by hand. No padding, so q and v may
+    differ in width ("gaussian"). ``keep_map``: when differentiated, keep the B × N × Ns map
+    for the backward pass (True), or keep each row's log-sum-exp and rebuild the blocks there
+    (False: one more product per pair, O(N) memory); None: keep it up to
+    ``BLOCKED_MAX_PAIRS`` pairs. Without gradients only one block exists either way.
     """
     check_positive_int("block_pairs", block_pairs)
-    return _BlockedSoftmax.apply(q, k, v, scale, block_pairs)
+    if keep_map is None:
+        keep_map = q.shape[0] * q.shape[1] * k.shape[1] <= BLOCKED_MAX_PAIRS
+    elif not isinstance(keep_map, bool):
+        raise TypeError(f"keep_map must be True, False or None, got {keep_map!r}")
+    return _BlockedSoftmax.apply(q, k, v, scale, block_pairs, keep_map)
 
 
 def _map_traffic(pairs: int, grad: bool) -> float:
@@ -508,8 +552,8 @@ def choose_implementation(mode: str, batch: int, positions: int, keys: int, dq: 
 
     q (B, N, dq), k (B, Ns, dq), v (B, Ns, dv); ``grad``: the call is differentiated;
     ``device``: a device type. Off the CPU, for "concatenation" and for maps of more than
-    ``AUTO_MAX_PAIRS`` elements it is "fast"; in the softmax modes, for fewer than
-    ``AUTO_MIN_PAIRS`` "naive". Otherwise the cheaper of two costs per (i, j) pair, in float
+    ``AUTO_MAX_PAIRS`` elements it is "fast" ("blocked" apart, below); in the softmax modes,
+    for fewer than ``AUTO_MIN_PAIRS`` "naive". Otherwise the cheaper of two costs per (i, j) pair, in float
     operations (measurements in the module docstring)::
 
         explicit map                     (1 + 2g) · (2 (dq + dv) + m(p))
@@ -520,19 +564,32 @@ def choose_implementation(mode: str, batch: int, positions: int, keys: int, dq: 
     recomputes q·k), w = max(dq, dv) (the CPU kernel pads q, k and v to one width),
     p = B·N·Ns and m(p) = ``_map_traffic(p, grad)``.
 
-    With gradients, in the softmax modes, on the CPU, between the two bounds and where both
-    widths are at least ``BLOCKED_MIN_WIDTH``, "blocked" (:func:`blocked_softmax_attention`:
-    the explicit products, built and used in cache-sized blocks) replaces the explicit map
-    wherever the rule picks that, and the fused kernel where it is cheaper than the kernel::
+    With gradients, in the softmax modes, on the CPU, for ``BLOCKED_MIN_PAIRS`` to
+    ``BLOCKED_MAX_PAIRS`` pairs and where both widths are at least ``BLOCKED_MIN_WIDTH``,
+    "blocked" (:func:`blocked_softmax_attention`: the explicit products, built and used in
+    cache-sized blocks) replaces the explicit map wherever the rule picks that, and the fused
+    kernel where it is cheaper than the kernel::
 
         blocked explicit map             3 · 2 (dq + dv) + BLOCKED_TRAFFIC
 
     (so where the kernel pads v or q and k a lot: "gaussian", PAM and SAGAN with wide values).
+    Above ``BLOCKED_MAX_PAIRS`` (with gradients, softmax modes, the same widths) "blocked"
+    rebuilds the map's blocks in the backward pass instead of keeping it (O(N) memory, like
+    the kernel), and is taken where it is cheaper than the kernel::
+
+        blocked, map rebuilt             8 dq + 6 dv + RECOMPUTE_TRAFFIC
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     pairs = batch * positions * keys
-    if device != "cpu" or mode == "concatenation" or pairs > AUTO_MAX_PAIRS:
+    if device != "cpu" or mode == "concatenation":
+        return "fast"
+    if pairs > max(AUTO_MAX_PAIRS, BLOCKED_MAX_PAIRS):
+        if grad and mode in SOFTMAX_MODES and min(dq, dv) >= BLOCKED_MIN_WIDTH:
+            w = max(dq, dv)
+            fast = 7 * 2 * w + 2 * COPY_COST * (positions + 2 * keys) * w / (positions * keys)
+            if 8 * dq + 6 * dv + RECOMPUTE_TRAFFIC < fast:
+                return "blocked"                                 # the map rebuilt, O(N) memory
         return "fast"
     g = 1 if grad else 0
     explicit = (1 + 2 * g) * (2 * (dq + dv) + _map_traffic(pairs, grad))
@@ -543,8 +600,9 @@ def choose_implementation(mode: str, batch: int, positions: int, keys: int, dq: 
     else:
         w = max(dq, dv)
         fast = (2 + 5 * g) * 2 * w + (1 + g) * COPY_COST * (positions + 2 * keys) * w / (positions * keys)
-    path = "naive" if explicit <= fast else "fast"
-    if grad and mode in SOFTMAX_MODES and min(dq, dv) >= BLOCKED_MIN_WIDTH:
+    path = "naive" if explicit <= fast and pairs <= AUTO_MAX_PAIRS else "fast"
+    if (grad and mode in SOFTMAX_MODES and min(dq, dv) >= BLOCKED_MIN_WIDTH
+            and BLOCKED_MIN_PAIRS <= pairs <= BLOCKED_MAX_PAIRS):
         blocked = 3 * 2 * (dq + dv) + BLOCKED_TRAFFIC
         if path == "naive" or blocked < fast:
             return "blocked"

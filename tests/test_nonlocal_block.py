@@ -14,6 +14,7 @@ from torch.func import functional_call
 
 from conftest import largest_saved_tensor
 
+from nltutorial import nonlocal_block
 from nltutorial.cost import peak_memory
 from nltutorial.nonlocal_block import (IMPLEMENTATIONS, MODES, NonLocalBlock, blocked_softmax_attention,
                                        choose_implementation, relu_pairs_sorted, wake)
@@ -231,20 +232,24 @@ def plain_softmax_attention(q, k, v, scale):
     return torch.einsum("bij,bjc->bic", e / e.sum(dim=-1, keepdim=True), v)
 
 
+@pytest.mark.parametrize("keep_map", [True, False])                   # the map kept, or rebuilt
 @pytest.mark.parametrize("block_pairs", [1, 7, 40, 11 * 37, 2**21])   # 1 row .. every row in one block
 @pytest.mark.parametrize("dq,dv", [(5, 3), (3, 5), (4, 4)])
-def test_blocked_equals_the_formula_with_gradients(block_pairs, dq, dv):
+def test_blocked_equals_the_formula_with_gradients(block_pairs, dq, dv, keep_map):
     g = torch.Generator().manual_seed(block_pairs + 10 * dq + dv)
     q, k, v = (torch.randn(2, n, d, generator=g, dtype=torch.float64).requires_grad_()
                for n, d in ((37, dq), (11, dq), (11, dv)))
+    with torch.no_grad():
+        q.mul_(3.0)                                          # logits of a few units: a peaked softmax
     dy = torch.randn(2, 37, dv, generator=g, dtype=torch.float64)
-    got = blocked_softmax_attention(q, k, v, 0.7, block_pairs)
+    got = blocked_softmax_attention(q, k, v, 0.7, block_pairs, keep_map)
     want = plain_softmax_attention(q, k, v, 0.7)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     grads = torch.autograd.grad(got, (q, k, v), dy)
     for a, b in zip(grads, torch.autograd.grad(want, (q, k, v), dy)):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
-    assert torch.autograd.gradcheck(lambda *t: blocked_softmax_attention(*t, 0.7, block_pairs), (q, k, v))
+    assert torch.autograd.gradcheck(lambda *t: blocked_softmax_attention(*t, 0.7, block_pairs, keep_map),
+                                    (q, k, v))
 
 
 def test_blocked_accepts_strided_inputs_and_shared_q_k():
@@ -275,10 +280,33 @@ def test_blocked_keeps_the_map_only_when_differentiated():
     assert peak_memory(lambda: plain_softmax_attention(q.detach(), k, v, 1.0)) >= 4 * B * N * Ns
 
 
-def test_blocked_names_a_bad_block_size():
+def saved_sizes(fn):
+    """The numbers of elements of the tensors autograd saves while fn() runs forward and backward."""
+    sizes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+        fn().sum().backward()
+    return sizes
+
+
+def test_blocked_rebuilds_the_map_above_blocked_max_pairs(monkeypatch):
+    """keep_map=False saves O(N) per row (the log-sum-exp), not the map; None decides by size."""
+    B, N, Ns, d = 2, 64, 48, 4
+    q, k, v = (torch.randn(B, n, d, requires_grad=True) for n in (N, Ns, Ns))
+    rebuilt = saved_sizes(lambda: blocked_softmax_attention(q, k, v, 1.0, 8 * Ns, keep_map=False))
+    assert max(rebuilt) == B * N * d and B * N in rebuilt                  # q, k, v, y and L: no map
+    kept = saved_sizes(lambda: blocked_softmax_attention(q, k, v, 1.0, 8 * Ns, keep_map=True))
+    assert max(kept) == B * N * Ns
+    assert max(saved_sizes(lambda: blocked_softmax_attention(q, k, v))) == B * N * Ns  # 2**13 <= 2**27
+    monkeypatch.setattr(nonlocal_block, "BLOCKED_MAX_PAIRS", B * N * Ns - 1)
+    assert max(saved_sizes(lambda: blocked_softmax_attention(q, k, v))) == B * N * d
+
+
+def test_blocked_names_a_bad_block_size_and_keep_map():
     q = torch.randn(1, 4, 2)
     with pytest.raises(ValueError, match="block_pairs"):
         blocked_softmax_attention(q, q, q, 1.0, block_pairs=0)
+    with pytest.raises(TypeError, match="keep_map"):
+        blocked_softmax_attention(q, q, q, 1.0, keep_map="yes")
 
 
 @pytest.mark.parametrize("mode", [*MODES, "concatenation/chunked"])
@@ -368,8 +396,13 @@ def test_gradcheck_chunked_path(mode):
 def plain_rule(mode, B, N, Ns, dq, dv, grad=True, device="cpu"):
     """The cost model of the module docstring, restated: cheaper of the explicit and the fast path."""
     p = B * N * Ns
-    if device != "cpu" or mode == "concatenation" or p > 2**26:
+    if device != "cpu" or mode == "concatenation":
         return "fast"
+    if p > 2**27:   # the blocked map rebuilt in the backward pass (O(N) memory) where the kernel pads much
+        w = max(dq, dv)
+        kernel = 14 * w + 128 * (N + 2 * Ns) * w / (N * Ns)
+        wide = grad and mode in ("gaussian", "embedded") and dq >= 32 and dv >= 32
+        return "blocked" if wide and 8 * dq + 6 * dv + 500 < kernel else "fast"
     low, slope, start, high = (60, 65, 21, 200) if grad else (70, 60, 20, 270)
     m = min(high, low + slope * max(0, math.log2(p) - start))
     passes = 3 if grad else 1
@@ -381,16 +414,17 @@ def plain_rule(mode, B, N, Ns, dq, dv, grad=True, device="cpu"):
     else:
         w = max(dq, dv)
         fast = (7 if grad else 2) * 2 * w + (2 if grad else 1) * 64 * (N + 2 * Ns) * w / (N * Ns)
-    path = "naive" if explicit <= fast else "fast"
-    # the explicit map in cache-sized blocks: with gradients, softmax modes, both widths >= 32
-    if grad and mode in ("gaussian", "embedded") and dq >= 32 and dv >= 32:
-        if path == "naive" or 6 * (dq + dv) + 400 < fast:
+    path = "naive" if explicit <= fast and p <= 2**26 else "fast"   # the explicit map up to 256 MiB
+    # the explicit map in cache-sized blocks: with gradients, softmax modes, both widths >= 32,
+    # maps of 2**21 (below: in the caches anyway) to 2**27 pairs (it keeps one map, not three)
+    if grad and mode in ("gaussian", "embedded") and dq >= 32 and dv >= 32 and 2**21 <= p:
+        if path == "naive" or 6 * (dq + dv) + 300 < fast:
             return "blocked"
     return path
 
 
 def test_choose_implementation_follows_the_cost_model():
-    shapes = itertools.product(MODES, (1, 2, 8), (64, 256, 1024, 4096), (1, 4), (8, 64, 256), (8, 128),
+    shapes = itertools.product(MODES, (1, 2, 8), (64, 256, 1024, 4096, 8192), (1, 4), (8, 64, 256), (8, 128),
                                (True, False))
     seen = set()
     for mode, B, N, pool, dq, dv, grad in shapes:
@@ -412,11 +446,15 @@ def test_auto_picks_what_the_measurements_found():
     pick = lambda mode, side, pool, **kw: choose_implementation(  # noqa: E731
         mode, 2, n[side], n[side] // pool, 256 if mode == "gaussian" else 128, 128, **kw)
     assert pick("embedded", 16, 4) == pick("embedded", 16, 1) == "naive"  # < AUTO_MIN_PAIRS: overheads
-    assert pick("embedded", 32, 1) == pick("embedded", 32, 4) == "blocked"  # the map, in cached blocks
+    assert pick("embedded", 32, 4) == "naive"                 # 2**19 pairs: the map in the caches
+    assert pick("embedded", 32, 1) == pick("gaussian", 32, 1) == "blocked"  # 2**21: the explicit map, blocked
     assert pick("embedded", 64, 1) == pick("embedded", 64, 4) == "fast"   # the map outgrows the caches
     assert pick("embedded", 32, 1, grad=False) == "fast"                   # no recomputation without grad
     assert pick("gaussian", 64, 1) == pick("gaussian", 64, 4) == "blocked"  # fused: w = 256 for d = 128
-    assert pick("gaussian", 128, 1) == pick("gaussian", 128, 4) == "fast"  # > AUTO_MAX_PAIRS: memory
+    assert pick("gaussian", 128, 1) == "blocked"             # > BLOCKED_MAX_PAIRS: the map rebuilt, not kept
+    assert pick("embedded", 128, 1) == pick("gaussian", 128, 1, grad=False) == "fast"   # equal widths; no grad
+    assert choose_implementation("gaussian", 1, 8 * 56 * 56, 8 * 28 * 28, 256, 128) == "blocked"  # 1.6e8 pairs
+    assert pick("gaussian", 128, 4) == "blocked"             # 2**27: one map, not the explicit three
     assert choose_implementation("gaussian", 1, 8 * 28 * 28, 8 * 28 * 28, 256, 128) == "blocked"  # 3.9e7 pairs
     assert choose_implementation("embedded", 1, 4096, 1024, 8, 64) == "naive"  # PAM, C = 64: keys too thin
     assert choose_implementation("embedded", 1, 4096, 4096, 64, 512) == "blocked"  # PAM, C = 512
@@ -440,13 +478,14 @@ def taken(monkeypatch):
 
 
 #: (C, d, shape): tiny maps (p < AUTO_MIN_PAIRS: the softmax map), and maps of 1024 positions,
-#: with narrow (d = 3, 8: the fused kernel or the reordered dot wins) and wide (d = 128) embeddings
+#: with narrow (d = 3, 8: the fused kernel or the reordered dot wins) and wide (d = 128)
+#: embeddings (the explicit map; not sub-sampled, p = 2 · 1024² = 2**21 = BLOCKED_MIN_PAIRS: blocked)
 AUTO_CASES = {"small": (6, 3, None), "small-wide": (256, 128, None), "large-narrow": (16, 8, "large"),
               "large-wide": (256, 128, "large")}
 LARGE = {1: (1024,), 2: (32, 32), 3: (4, 16, 16)}
 #: the path "auto" takes there: softmax modes, "dot" (concatenation: always "fast")
 AUTO_EXPECTED = {"small": ("naive", "fast"), "small-wide": ("naive", "naive"), "large-narrow": ("fast", "fast"),
-                 "large-wide": ("blocked", "fast")}
+                 "large-wide": ("naive", "fast")}
 
 
 def outputs_and_grads(block, x, grad_z):
@@ -476,6 +515,8 @@ def test_auto_fast_naive_agree_outputs_and_gradients(dim, mode, sub_sample, case
         results[implementation] = outputs_and_grads(block, x, grad_z)
         assert taken == [implementation if implementation != "auto" else block.implementation_for(x)]
     expected = "fast" if mode == "concatenation" else AUTO_EXPECTED[case][mode == "dot"]
+    if case == "large-wide" and mode in ("gaussian", "embedded") and not sub_sample:
+        expected = "blocked"
     block.implementation = "auto"
     assert block.implementation_for(x) == expected
     torch.testing.assert_close(results["naive"][0], ref(x), rtol=1e-10, atol=1e-10)
@@ -485,9 +526,32 @@ def test_auto_fast_naive_agree_outputs_and_gradients(dim, mode, sub_sample, case
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("mode, C, d, shape", [
+    ("gaussian", 64, 32, (24, 24)),                      # p = 2 · 576² ≈ 2**19.3, dq = 64, dv = 32
+    ("embedded", 128, 64, (20, 20)),                     # p = 2 · 400² ≈ 2**18.3, dq = dv = 64
+])
+def test_auto_runs_the_blocked_path_where_the_rule_picks_it(mode, C, d, shape, taken, monkeypatch):
+    """With the lower bound moved down to these small maps, "auto" runs _blocked, same numbers
+    (embedded needs d = 64 here: at d = 32 the fused kernel is cheaper by the rule)."""
+    import nltutorial.nonlocal_block as nb
+    monkeypatch.setattr(nb, "BLOCKED_MIN_PAIRS", 2**18)
+    block, ref = make_pair(2, mode, False, True, C=C, d=d)
+    x = rand_x(2, C=C, shape=shape)
+    assert block.implementation_for(x.requires_grad_()) == "blocked"
+    grad_z = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+    taken.clear()
+    auto = outputs_and_grads(block, x, grad_z)
+    assert taken == ["blocked"]
+    block.implementation = "naive"
+    naive = outputs_and_grads(block, x, grad_z)
+    torch.testing.assert_close(naive[0], ref(x), rtol=1e-10, atol=1e-10)
+    for a, b in zip(auto, naive):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
 def test_auto_follows_grad_mode_and_chunk_size():
-    block = NonLocalBlock(256, mode="embedded", sub_sample=False, implementation="auto")
-    x = torch.randn(1, 256, 32, 32)                       # p = 2**20: blocked with gradients, fast without
+    block = NonLocalBlock(256, mode="gaussian", sub_sample=False, implementation="auto")
+    x = torch.randn(1, 256, 64, 64)                       # p = 2**24: blocked with gradients, fast without
     assert block.implementation_for(x) == "blocked"
     with torch.no_grad():
         assert block.implementation_for(x) == "fast"
