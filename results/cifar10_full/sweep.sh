@@ -11,7 +11,8 @@
 # then seed 0 of every block, then the remaining seeds. DANet uses --cam-energy mean, the
 # setting results/danet_subset/ found to train (chapter 7, "Why DANet collapses").
 # Each run writes results/cifar10_full/<attention>/seed<k>/{metrics.jsonl,summary.json}
-# (and model.pt); the checkpoints are deleted once a run has finished.
+# (and model.pt for seed 0, the weights chapter 7 loads); the checkpoints, and the other seeds'
+# weights (git-ignored, so not recorded), are deleted once a run has finished.
 set -euo pipefail
 DATA=${1:-../shared/data/cifar-10}
 run() {  # attention seed [extra options]
@@ -23,6 +24,7 @@ run() {  # attention seed [extra options]
     --schedule onecycle --label-smoothing 0.1 --weight-decay 5e-4 --channels-last \
     --device cpu --seed "$seed" --out "$out" --resume --no-progress "$@"
   rm -f "$out/checkpoint.pt"
+  if [ "$seed" != 0 ]; then rm -f "$out/model.pt"; fi
 }
 run none 0
 for attention in se cbam bam gc nl; do run "$attention" 0; done
