@@ -427,7 +427,7 @@ BLOCKED_MIN_PAIRS = 2**21
 BLOCKED_MAX_PAIRS = 2**27
 #: ... beyond which "blocked" keeps only each row's log-sum-exp and rebuilds the blocks in the
 #: backward pass (one more product, 2·dq per pair): its cost per pair beyond the products,
-#: fitted to gaussian-width runs (dq = 256, dv = 128: 0.79-0.93x the fused kernel at 2^24 to
+#: fitted to gaussian-width runs (dq = 256, dv = 128: 0.79-0.98x the fused kernel at 2^24 to
 #: 2^28 pairs, which pads v to 256) and PAM's (64 : 512, 0.53x); with equal widths (128 : 128,
 #: 1.26x) the kernel stays
 RECOMPUTE_TRAFFIC = 500.0
@@ -540,6 +540,11 @@ def blocked_softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float = 1.
     return _BlockedSoftmax.apply(q, k, v, scale, block_pairs, keep_map)
 
 
+def _kernel_cost(positions: int, keys: int, w: int, g: int) -> float:
+    """The fused kernel's cost per pair: (2 + 5g) · 2w + (1 + g) · COPY_COST · (N + 2Ns) w / (N Ns)."""
+    return (2 + 5 * g) * 2 * w + (1 + g) * COPY_COST * (positions + 2 * keys) * w / (positions * keys)
+
+
 def _map_traffic(pairs: int, grad: bool) -> float:
     """m(p) of the cost model, from ``MAP_TRAFFIC``."""
     low, slope, start, high = MAP_TRAFFIC[bool(grad)]
@@ -587,8 +592,7 @@ def choose_implementation(mode: str, batch: int, positions: int, keys: int, dq: 
     if pairs > max(AUTO_MAX_PAIRS, BLOCKED_MAX_PAIRS):
         if grad and mode in SOFTMAX_MODES and min(dq, dv) >= BLOCKED_MIN_WIDTH:
             w = max(dq, dv)
-            fast = 7 * 2 * w + 2 * COPY_COST * (positions + 2 * keys) * w / (positions * keys)
-            if 8 * dq + 6 * dv + RECOMPUTE_TRAFFIC < fast:
+            if 8 * dq + 6 * dv + RECOMPUTE_TRAFFIC < _kernel_cost(positions, keys, w, 1):
                 return "blocked"                                 # the map rebuilt, O(N) memory
         return "fast"
     g = 1 if grad else 0
@@ -599,7 +603,7 @@ def choose_implementation(mode: str, batch: int, positions: int, keys: int, dq: 
         return "naive"
     else:
         w = max(dq, dv)
-        fast = (2 + 5 * g) * 2 * w + (1 + g) * COPY_COST * (positions + 2 * keys) * w / (positions * keys)
+        fast = _kernel_cost(positions, keys, w, g)
     path = "naive" if explicit <= fast and pairs <= AUTO_MAX_PAIRS else "fast"
     if (grad and mode in SOFTMAX_MODES and min(dq, dv) >= BLOCKED_MIN_WIDTH
             and BLOCKED_MIN_PAIRS <= pairs <= BLOCKED_MAX_PAIRS):

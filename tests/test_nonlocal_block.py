@@ -533,8 +533,7 @@ def test_auto_fast_naive_agree_outputs_and_gradients(dim, mode, sub_sample, case
 def test_auto_runs_the_blocked_path_where_the_rule_picks_it(mode, C, d, shape, taken, monkeypatch):
     """With the lower bound moved down to these small maps, "auto" runs _blocked, same numbers
     (embedded needs d = 64 here: at d = 32 the fused kernel is cheaper by the rule)."""
-    import nltutorial.nonlocal_block as nb
-    monkeypatch.setattr(nb, "BLOCKED_MIN_PAIRS", 2**18)
+    monkeypatch.setattr(nonlocal_block, "BLOCKED_MIN_PAIRS", 2**18)
     block, ref = make_pair(2, mode, False, True, C=C, d=d)
     x = rand_x(2, C=C, shape=shape)
     assert block.implementation_for(x.requires_grad_()) == "blocked"
