@@ -85,6 +85,48 @@ def test_bench_nonlocal_cuda_without_cuda_says_so(bench_nonlocal, capsys):
     assert "CUDA is not available" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def bench_gemm_ceiling():
+    return _load("bench_gemm_ceiling")
+
+
+@pytest.mark.parametrize("mode, sub_sample", [("gaussian", False), ("embedded", True)])
+def test_gemm_ceiling_times_the_products_that_the_flop_count_counts(bench_gemm_ceiling, mode, sub_sample):
+    B, N, C, d = 2, 64, 16, 8
+    Ns = N // 4 if sub_sample else N
+    case = dict(dim=2, batch=B, spatial=(8, 8), sub_sample=sub_sample, mode=mode, N=N, Ns=Ns)
+    prods = bench_gemm_ceiling.products(case, C, d)
+    dq = C if mode == "gaussian" else d
+    # written out: two (gaussian) or four 1x1 convolutions, three GEMMs each; six attention products
+    convs = (2 if mode == "gaussian" else 4) * 3 * 2 * B * N * C * d
+    attention = 2 * B * (N * dq * Ns + N * Ns * d + N * d * Ns + Ns * N * d + N * Ns * dq + Ns * N * dq)
+    assert bench_gemm_ceiling.gemm_flops(prods) == convs + attention
+    assert bench_gemm_ceiling.gemm_flops(prods) == bench_gemm_ceiling.bench_nonlocal.flops(case, "naive", C, d)
+    assert sum(c for *_, c in prods) == B * ((2 if mode == "gaussian" else 4) * 3 + 6)
+
+
+def test_gemm_ceiling_tiny_report(bench_gemm_ceiling, tmp_path, capsys):
+    out = tmp_path / "ceiling.txt"
+    bench_gemm_ceiling.main(["--sizes", "8", "--sizes-3d", "2x4", "--min-side", "4", "--channels", "16",
+                             "--repeat", "2", "--out", str(out)])
+    text = out.read_text()
+    assert text == capsys.readouterr().out
+    rows = [line.split() for line in text.splitlines() if re.match(r"\s*\d+×[\d×]+(/2)? ", line)]
+    assert {(r[0], r[1]) for r in rows} == {(c, m) for c in ("2×8×8", "2×8×8/2", "1×2×4×4", "1×2×4×4/2")
+                                            for m in ("gaussian", "embedded")}
+    for r in rows:
+        assert float(r[4]) > 0 and float(r[6]) > 0 and re.fullmatch(r"\d+×\d+×\d+", r[5])
+    assert re.search(r"lowest ceiling [\d.]+ \(", text)
+
+
+@pytest.mark.parametrize("argv, message", [(["--modes", "dot"], "--modes must be among"),
+                                           (["--repeat", "0"], "--repeat and --batch must be >= 1")])
+def test_gemm_ceiling_rejects_bad_arguments(bench_gemm_ceiling, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        bench_gemm_ceiling.main(argv)
+    assert message in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------
 # The other scripts, run as the README runs them (a subprocess from the repository root)
 # --------------------------------------------------------------------------------------
