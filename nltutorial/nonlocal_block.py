@@ -131,7 +131,8 @@ the two are level, for equal widths at 64², and wins for narrow equal widths), 
 8-wide keys (the last two rows: ``BLOCKED_MIN_WIDTH``). Above 2^27 pairs "blocked" keeps only
 each row's log-sum-exp L_i and rebuilds the blocks in the backward pass, P_r = exp(S_r − L_r):
 one more product per pair, O(N) memory like the fused kernel, but no padding, so "auto"
-takes it where the kernel pads much (``RECOMPUTE_TRAFFIC``; "gaussian" at 128² or 8 × 56²).
+takes it where the kernel pads much (``RECOMPUTE_TRAFFIC``; "gaussian" at 8 × 56² sub-sampled)
+and the keys are few enough for a block to hold many rows (``REBUILD_MAX_KEYS``).
 
 Checkpoint layout
 -----------------
@@ -431,6 +432,11 @@ BLOCKED_MAX_PAIRS = 2**27
 #: 2^28 pairs, which pads v to 256) and PAM's (64 : 512, 0.53x); with equal widths (128 : 128,
 #: 1.26x) the kernel stays
 RECOMPUTE_TRAFFIC = 500.0
+#: ... and only up to this many keys N_s: a block of BLOCK_PAIRS holds BLOCK_PAIRS / N_s rows,
+#: and with few rows its products run slowly. Quiet grid of 2026-12-04 (bench_nonlocal_cpu.txt),
+#: gaussian, rebuilt map against the fused kernel: 0.85x at 6272 keys (8 × 56² sub-sampled, 334
+#: rows), 1.12x at 16384 (2 × 128², 128 rows) and 1.19x at 25088 (8 × 56², 83 rows)
+REBUILD_MAX_KEYS = 8192
 
 
 #: the blocked explicit path fills the map in blocks of rows of about this many (query × key)
@@ -580,7 +586,8 @@ def choose_implementation(mode: str, batch: int, positions: int, keys: int, dq: 
     (so where the kernel pads v or q and k a lot: "gaussian", PAM and SAGAN with wide values).
     Above ``BLOCKED_MAX_PAIRS`` (with gradients, softmax modes, the same widths) "blocked"
     rebuilds the map's blocks in the backward pass instead of keeping it (O(N) memory, like
-    the kernel), and is taken where it is cheaper than the kernel::
+    the kernel), and is taken for at most ``REBUILD_MAX_KEYS`` keys where it is cheaper than
+    the kernel::
 
         blocked, map rebuilt             8 dq + 6 dv + RECOMPUTE_TRAFFIC
     """
@@ -592,7 +599,8 @@ def choose_implementation(mode: str, batch: int, positions: int, keys: int, dq: 
     if pairs > max(AUTO_MAX_PAIRS, BLOCKED_MAX_PAIRS):
         if grad and mode in SOFTMAX_MODES and min(dq, dv) >= BLOCKED_MIN_WIDTH:
             w = max(dq, dv)
-            if 8 * dq + 6 * dv + RECOMPUTE_TRAFFIC < _kernel_cost(positions, keys, w, 1):
+            rebuilt = 8 * dq + 6 * dv + RECOMPUTE_TRAFFIC
+            if keys <= REBUILD_MAX_KEYS and rebuilt < _kernel_cost(positions, keys, w, 1):
                 return "blocked"                                 # the map rebuilt, O(N) memory
         return "fast"
     g = 1 if grad else 0

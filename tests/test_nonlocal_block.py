@@ -401,7 +401,7 @@ def plain_rule(mode, B, N, Ns, dq, dv, grad=True, device="cpu"):
     if p > 2**27:   # the blocked map rebuilt in the backward pass (O(N) memory) where the kernel pads much
         w = max(dq, dv)
         kernel = 14 * w + 128 * (N + 2 * Ns) * w / (N * Ns)
-        wide = grad and mode in ("gaussian", "embedded") and dq >= 32 and dv >= 32
+        wide = grad and mode in ("gaussian", "embedded") and dq >= 32 and dv >= 32 and Ns <= 8192
         return "blocked" if wide and 8 * dq + 6 * dv + 500 < kernel else "fast"
     low, slope, start, high = (60, 65, 21, 200) if grad else (70, 60, 20, 270)
     m = min(high, low + slope * max(0, math.log2(p) - start))
@@ -451,9 +451,10 @@ def test_auto_picks_what_the_measurements_found():
     assert pick("embedded", 64, 1) == pick("embedded", 64, 4) == "fast"   # the map outgrows the caches
     assert pick("embedded", 32, 1, grad=False) == "fast"                   # no recomputation without grad
     assert pick("gaussian", 64, 1) == pick("gaussian", 64, 4) == "blocked"  # fused: w = 256 for d = 128
-    assert pick("gaussian", 128, 1) == "blocked"             # > BLOCKED_MAX_PAIRS: the map rebuilt, not kept
+    assert pick("gaussian", 128, 1) == "fast"                # 16384 keys: 128-row blocks, rebuilt 1.12x fast
     assert pick("embedded", 128, 1) == pick("gaussian", 128, 1, grad=False) == "fast"   # equal widths; no grad
-    assert choose_implementation("gaussian", 1, 8 * 56 * 56, 8 * 28 * 28, 256, 128) == "blocked"  # 1.6e8 pairs
+    assert choose_implementation("gaussian", 1, 8 * 56 * 56, 8 * 28 * 28, 256, 128) == "blocked"  # rebuilt, 0.85x
+    assert choose_implementation("gaussian", 1, 8 * 56 * 56, 8 * 56 * 56, 256, 128) == "fast"  # 25088 keys
     assert pick("gaussian", 128, 4) == "blocked"             # 2**27: one map, not the explicit three
     assert choose_implementation("gaussian", 1, 8 * 28 * 28, 8 * 28 * 28, 256, 128) == "blocked"  # 3.9e7 pairs
     assert choose_implementation("embedded", 1, 4096, 1024, 8, 64) == "naive"  # PAM, C = 64: keys too thin
