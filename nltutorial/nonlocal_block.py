@@ -429,7 +429,7 @@ BLOCKED_MAX_PAIRS = 2**27
 #: ... beyond which "blocked" keeps only each row's log-sum-exp and rebuilds the blocks in the
 #: backward pass (one more product, 2·dq per pair): its cost per pair beyond the products,
 #: fitted to gaussian-width runs (dq = 256, dv = 128: 0.79-0.98x the fused kernel at 2^24 to
-#: 2^28 pairs, which pads v to 256) and PAM's (64 : 512, 0.53x); with equal widths (128 : 128,
+#: 2^28 pairs, which pads v to 256; measured while training ran, see REBUILD_MAX_KEYS) and PAM's (64 : 512, 0.53x); with equal widths (128 : 128,
 #: 1.26x) the kernel stays
 RECOMPUTE_TRAFFIC = 500.0
 #: ... and only up to this many keys N_s: a block of BLOCK_PAIRS holds BLOCK_PAIRS / N_s rows,
